@@ -1,0 +1,658 @@
+"""PackageStore: npm packages on a LayeredStore; what the server calls.
+
+Published side (on-disk layout, keys relative to the published root)::
+
+    <name>/versions/<version>.json   {"time": iso, "manifest": {...}}   write-once
+    <name>/<basename>-<version>.tgz  the tarball                        write-once
+    <name>/package-meta.json         rev, created, modified, dist-tags, deprecated,
+                                     unpublished (tombstones), maintainers, users
+
+Invariants:
+
+* **Write-once, crash-safe publish.** Under the package lock (in-process and
+  cross-process), publish checks that the version has no version file and no
+  tombstone, writes the tarball, then the version file (**the commit point**),
+  then the metadata. A crash leaves either the whole version or an orphan
+  tarball, which nothing serves and the next publish of that version (or the
+  recovery on open, after an hour) replaces.
+* **The version files are the truth about which versions exist**; the
+  metadata only adds to them. A version whose file exists is live unless
+  tombstoned, even if a crash kept the metadata from mentioning it; reads
+  normalise (``latest`` to the highest stable version, tags to live versions
+  only), and the next write persists the normalised document.
+* **Nothing published is deleted.** Unpublish writes tombstones; a tombstoned
+  number can never be published again; its tarball is no longer served.
+* **Coherence.** Subscribers are called synchronously, before the call
+  returns, after every write that can change a packument: every published
+  write, and cached packument stores, touches and drops (not cached tarballs).
+
+Cache side: ``<name>/packument.json`` (upstream bytes as received),
+``<name>/packument.meta`` (freshness, plus an xxh3 of the body it describes:
+the two files are replaced one after the other without a lock, so a meta that
+does not match its body is read as "unknown freshness" instead of pairing an
+ETag with the wrong bytes), ``<name>/<basename>-<version>.tgz``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+import xxhash
+
+from ._types import JSONObject, PackageName
+from .backend import BlobWriter, check_key
+from .cache import CachedPackument, CacheLayer, CacheMeta
+from .errors import AlreadyPublished, InvalidInput, NotFound, StorageError
+from .fragment import PublishedFragment
+from .layered import LayeredStore, LayerName
+from .names import parse_name, tarball_basename, tarball_filename
+from .published import PublishedLayer, meta_key
+from .versions import highest, parse_version, sort_versions
+
+log = logging.getLogger(__name__)
+
+PACKUMENT_FILE = "packument.json"
+PACKUMENT_META_FILE = "packument.meta"
+#: An orphan tarball (no version file) older than this is removed on open.
+ORPHAN_MAX_AGE = 3600.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def isoformat(moment: datetime) -> str:
+    """npm's time format: UTC, milliseconds, "Z" (``2026-11-25T17:03:04.123Z``)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    moment = moment.astimezone(timezone.utc)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+
+
+def version_file_key(name: str, version: str) -> str:
+    return f"{name}/versions/{version}.json"
+
+
+def tarball_key(name: PackageName, version: str) -> str:
+    return f"{name}/{tarball_filename(name, version)}"
+
+
+@dataclass(frozen=True, slots=True)
+class TarballRef:
+    """A tarball found for serving: which layer, its size, a local path for
+    sendfile (None on backends without one) and :meth:`read` for the bytes."""
+
+    layer: LayerName
+    size: int
+    path: Path | None
+    key: str
+    _reader: Callable[[str], Awaitable[bytes | None]] = field(repr=False, compare=False)
+
+    async def read(self) -> bytes:
+        """The tarball bytes. Raises NotFound if it vanished meanwhile (a cache wipe)."""
+        data = await self._reader(self.key)
+        if data is None:
+            raise NotFound(f"{self.key} is no longer stored")
+        return data
+
+
+@dataclass(slots=True)
+class _Meta:
+    """The mutable package metadata document (a working copy)."""
+
+    rev: int = 0
+    created: str | None = None
+    modified: str | None = None
+    dist_tags: dict[str, str] = field(default_factory=dict)
+    deprecated: dict[str, str] = field(default_factory=dict)
+    unpublished: dict[str, str] = field(default_factory=dict)
+    maintainers: list[dict[str, str]] = field(default_factory=list)
+    users: dict[str, bool] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, doc: Mapping[str, Any]) -> _Meta:
+        def strmap(value: Any) -> dict[str, str]:
+            return {k: v for k, v in value.items() if isinstance(v, str)} if isinstance(value, dict) else {}
+
+        rev = doc.get("rev")
+        return cls(
+            rev=rev if isinstance(rev, int) else 0,
+            created=doc.get("created") if isinstance(doc.get("created"), str) else None,
+            modified=doc.get("modified") if isinstance(doc.get("modified"), str) else None,
+            dist_tags=strmap(doc.get("dist-tags")),
+            deprecated=strmap(doc.get("deprecated")),
+            unpublished=strmap(doc.get("unpublished")),
+            maintainers=[dict(m) for m in doc.get("maintainers") or () if isinstance(m, dict)],
+            users={k: True for k, v in (doc.get("users") or {}).items() if v is True},
+        )
+
+    def dump(self) -> bytes:
+        return orjson.dumps(
+            {
+                "rev": self.rev,
+                "created": self.created,
+                "modified": self.modified,
+                "dist-tags": self.dist_tags,
+                "deprecated": self.deprecated,
+                "unpublished": self.unpublished,
+                "maintainers": self.maintainers,
+                "users": self.users,
+            }
+        )
+
+    def copy(self) -> _Meta:
+        return _Meta(
+            self.rev,
+            self.created,
+            self.modified,
+            dict(self.dist_tags),
+            dict(self.deprecated),
+            dict(self.unpublished),
+            [dict(m) for m in self.maintainers],
+            dict(self.users),
+        )
+
+
+@dataclass(slots=True)
+class _Package:
+    """Everything stored for one name: metadata (if any) and version docs."""
+
+    meta: _Meta | None
+    docs: dict[str, JSONObject]  # version -> {"time", "manifest"}
+
+    @property
+    def exists(self) -> bool:
+        return self.meta is not None or bool(self.docs)
+
+    def live(self, meta: _Meta) -> list[str]:
+        return sort_versions(v for v in self.docs if v not in meta.unpublished)
+
+    def normalized(self) -> _Meta:
+        """The metadata as it should be, given the version files (see module doc)."""
+        meta = self.meta.copy() if self.meta is not None else _Meta()
+        live = self.live(meta)
+        live_set = set(live)
+        meta.dist_tags = {t: v for t, v in meta.dist_tags.items() if v in live_set}
+        if live and meta.dist_tags.get("latest") not in live_set:
+            meta.dist_tags["latest"] = highest(live) or live[-1]
+        meta.deprecated = {v: m for v, m in meta.deprecated.items() if v in live_set and m}
+        times = [str(doc["time"]) for doc in self.docs.values()]
+        if times:
+            meta.created = meta.created or min(times)
+            meta.modified = max(meta.modified or "", max(times))
+        if self.meta is None and self.docs:
+            # A first publish crashed before its metadata: its publisher is
+            # the natural maintainer.
+            first = min(self.docs.values(), key=lambda doc: str(doc["time"]))
+            user = first["manifest"].get("_npmUser")
+            if isinstance(user, dict) and isinstance(user.get("name"), str):
+                meta.maintainers = [dict(user)]
+        return meta
+
+    def fragment(self, name: PackageName) -> PublishedFragment | None:
+        if not self.exists:
+            return None
+        meta = self.normalized()
+        ordered = sort_versions(self.docs)
+        return PublishedFragment(
+            name=name,
+            versions={v: self.docs[v]["manifest"] for v in ordered if v not in meta.unpublished},
+            times={v: str(self.docs[v]["time"]) for v in ordered},
+            created=meta.created,
+            modified=meta.modified,
+            dist_tags=meta.dist_tags,
+            deprecations=meta.deprecated,
+            unpublished=meta.unpublished,
+            maintainers=tuple(meta.maintainers),
+            users=meta.users,
+            rev=meta.rev,
+        )
+
+
+class PackageStore:
+    """npm operations on a :class:`LayeredStore` (see the module docstring)."""
+
+    def __init__(self, layered: LayeredStore, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self._layered = layered
+        self._clock = clock
+        self._subscribers: list[Callable[[PackageName], None]] = []
+
+    @classmethod
+    async def open_directories(cls, published_root: Path, cache_root: Path) -> PackageStore:
+        """A store on two directories: created if missing, crash-recovered
+        (temp files of dead writers, interrupted wipes, orphan tarballs older
+        than an hour)."""
+        store = cls(await LayeredStore.open_directories(Path(published_root), Path(cache_root)))
+        await store.repair_orphans()
+        return store
+
+    @property
+    def layered(self) -> LayeredStore:
+        return self._layered
+
+    @property
+    def _published(self) -> PublishedLayer:
+        return self._layered.published
+
+    @property
+    def _cache(self) -> CacheLayer:
+        return self._layered.cache
+
+    def subscribe(self, callback: Callable[[PackageName], None]) -> None:
+        """Call ``callback(name)`` synchronously after every write that can
+        change the packument of ``name``, before the write returns."""
+        self._subscribers.append(callback)
+
+    def _notify(self, name: PackageName) -> None:
+        for callback in list(self._subscribers):
+            try:
+                callback(name)
+            except Exception:  # the write is done; a failing listener must not undo that
+                log.exception("change subscriber %r failed for %s", callback, name)
+
+    def _now(self) -> str:
+        return isoformat(self._clock())
+
+    # --- published side: reads
+
+    async def _read(self, name: PackageName) -> _Package:
+        # One round trip. The metadata is read before the version directory is
+        # listed, so every version it mentions has its file in the listing.
+        mkey, prefix = meta_key(name), f"{name}/versions/"
+        found = await self._published.get_many([mkey], children_of=[prefix])
+        meta = _Meta.parse(_load(found.pop(mkey), mkey)) if mkey in found else None
+        docs: dict[str, JSONObject] = {}
+        for key, data in found.items():
+            if key.endswith(".json"):
+                doc = _load(data, key)
+                if isinstance(doc.get("manifest"), dict) and isinstance(doc.get("time"), str):
+                    docs[key[len(prefix) : -len(".json")]] = doc
+        return _Package(meta, docs)
+
+    async def fragment(self, name: PackageName) -> PublishedFragment | None:
+        """The published data of ``name``; None if it was never published here."""
+        name = parse_name(name)
+        return (await self._read(name)).fragment(name)
+
+    async def published_names(self) -> list[PackageName]:
+        """Names with published data (fully unpublished ones included), sorted."""
+        return await self._published.names()
+
+    # --- published side: writes
+
+    async def publish(
+        self,
+        name: PackageName,
+        version: str,
+        manifest: JSONObject,
+        tarball: bytes,
+        *,
+        tags: Mapping[str, str],
+        user: Mapping[str, str],
+    ) -> PublishedFragment:
+        """Publish one version (see the module docstring for the protocol).
+
+        Raises AlreadyPublished if the version exists or was unpublished,
+        InvalidVersion / InvalidName / InvalidInput for malformed input.
+        """
+        name = parse_name(name)
+        version = parse_version(version)
+        if not isinstance(manifest, dict):
+            raise InvalidInput("the manifest must be a JSON object")
+        tags = _check_tags(tags)
+        if not isinstance(tarball, (bytes, bytearray, memoryview)):
+            raise InvalidInput("the tarball must be bytes")
+        vkey = version_file_key(name, version)
+        try:
+            # Serialized before anything is written, so a bad manifest cannot
+            # leave an orphan tarball behind.
+            manifest_json = orjson.dumps(manifest)
+        except TypeError as exc:
+            raise InvalidInput(f"the manifest is not JSON-serializable: {exc}") from exc
+        wrote = False
+        try:
+            async with self._published.transaction(name) as txn:
+                pkg = await self._read(name)
+                meta = pkg.normalized()
+                if version in pkg.docs or version in meta.unpublished:
+                    raise AlreadyPublished(
+                        vkey, f"You cannot publish over the previously published versions: {version}."
+                    )
+                wrote = True
+                tkey = tarball_key(name, version)
+                try:
+                    await self._published.put(tkey, bytes(tarball))
+                except AlreadyPublished:
+                    # A tarball without its version file: the orphan of a
+                    # crashed publish (we hold the lock, so no publish of this
+                    # version is in flight). It was never served: replace it.
+                    await txn.replace_orphan(tkey, bytes(tarball))
+                now = self._now()
+                doc: JSONObject = {"time": now, "manifest": manifest}
+                doc_json = b'{"time":' + orjson.dumps(now) + b',"manifest":' + manifest_json + b"}"
+                await self._published.put(vkey, doc_json)  # the commit point
+                first = pkg.meta is None
+                pkg.docs[version] = doc
+                if first and not meta.maintainers:
+                    meta.maintainers = [dict(user)] if user else []
+                meta.created = meta.created or now
+                meta.dist_tags.update({t: v for t, v in tags.items() if v in pkg.docs and v not in meta.unpublished})
+                meta.dist_tags.setdefault("latest", version)
+                meta.rev += 1
+                meta.modified = now
+                pkg.meta = meta
+                await txn.replace_meta(pkg.normalized().dump())
+                fragment = pkg.fragment(name)
+        finally:
+            if wrote:
+                self._notify(name)
+        assert fragment is not None
+        return fragment
+
+    async def _update(self, name: PackageName, change: Callable[[_Package, _Meta, str], bool]) -> PublishedFragment:
+        """Apply ``change(pkg, meta, now)`` (True if it changed ``meta``) to the
+        normalised metadata of ``name`` under the lock, and persist it."""
+        name = parse_name(name)
+        attempted = False
+        try:
+            async with self._published.transaction(name) as txn:
+                pkg = await self._read(name)
+                if not pkg.exists:
+                    raise NotFound(f"{name} is not published here")
+                meta = pkg.normalized()
+                now = self._now()
+                if change(pkg, meta, now):
+                    meta.rev += 1
+                    meta.modified = now
+                    pkg.meta = meta
+                    attempted = True
+                    await txn.replace_meta(pkg.normalized().dump())
+                fragment = pkg.fragment(name)
+        finally:
+            if attempted:
+                self._notify(name)
+        assert fragment is not None
+        return fragment
+
+    async def unpublish(self, name: PackageName, versions: Collection[str]) -> PublishedFragment:
+        """Tombstone ``versions`` (files stay; the numbers are never reusable).
+        Versions that are not live are ignored. Tags pointing at them are
+        dropped; ``latest`` moves to the highest remaining version."""
+        wanted = set(versions)
+
+        def change(pkg: _Package, meta: _Meta, now: str) -> bool:
+            removed = [v for v in pkg.live(meta) if v in wanted]
+            for v in removed:
+                meta.unpublished[v] = now
+            return bool(removed)
+
+        return await self._update(name, change)
+
+    async def unpublish_all(self, name: PackageName) -> None:
+        """Tombstone every live version of ``name`` (NotFound if never published)."""
+
+        def change(pkg: _Package, meta: _Meta, now: str) -> bool:
+            removed = pkg.live(meta)
+            for v in removed:
+                meta.unpublished[v] = now
+            return bool(removed)
+
+        await self._update(name, change)
+
+    async def set_dist_tag(self, name: PackageName, tag: str, version: str) -> PublishedFragment:
+        """Point ``tag`` at ``version``; NotFound if that version is not live."""
+        _check_tags({tag: version})
+
+        def change(pkg: _Package, meta: _Meta, now: str) -> bool:
+            if version not in pkg.live(meta):
+                raise NotFound(f"{name}@{version} is not published here")
+            if meta.dist_tags.get(tag) == version:
+                return False
+            meta.dist_tags[tag] = version
+            return True
+
+        return await self._update(name, change)
+
+    async def remove_dist_tag(self, name: PackageName, tag: str) -> PublishedFragment:
+        """Remove ``tag``; InvalidInput for ``latest``, NotFound if it is not set."""
+        if tag == "latest":
+            raise InvalidInput("the latest tag cannot be removed")
+
+        def change(pkg: _Package, meta: _Meta, now: str) -> bool:
+            if meta.dist_tags.pop(tag, None) is None:
+                raise NotFound(f"{name} has no dist-tag {tag!r}")
+            return True
+
+        return await self._update(name, change)
+
+    async def set_deprecations(self, name: PackageName, messages: Mapping[str, str]) -> PublishedFragment:
+        """Set the deprecation message of each version (``""`` removes it).
+        Versions that are not live are ignored."""
+        if not all(isinstance(v, str) and isinstance(m, str) for v, m in messages.items()):
+            raise InvalidInput("deprecation messages must be strings")
+
+        def change(pkg: _Package, meta: _Meta, now: str) -> bool:
+            before = dict(meta.deprecated)
+            live = set(pkg.live(meta))
+            for v, message in messages.items():
+                if v not in live:
+                    continue
+                if message:
+                    meta.deprecated[v] = message
+                else:
+                    meta.deprecated.pop(v, None)
+            return meta.deprecated != before
+
+        return await self._update(name, change)
+
+    async def set_maintainers(self, name: PackageName, maintainers: Sequence[Mapping[str, str]]) -> PublishedFragment:
+        """Replace the maintainer list (each entry has a ``name``; not empty)."""
+        if not maintainers:
+            raise InvalidInput("a package needs at least one maintainer")
+        if not all(isinstance(m, Mapping) and isinstance(m.get("name"), str) and m["name"] for m in maintainers):
+            raise InvalidInput("every maintainer needs a name")
+        wanted = [{k: v for k, v in m.items() if isinstance(v, str)} for m in maintainers]
+
+        def change(pkg: _Package, meta: _Meta, now: str) -> bool:
+            if meta.maintainers == wanted:
+                return False
+            meta.maintainers = wanted
+            return True
+
+        return await self._update(name, change)
+
+    async def set_star(self, name: PackageName, user: str, starred: bool) -> PublishedFragment:
+        """Star (or unstar) ``name`` for ``user``."""
+        if not isinstance(user, str) or not user:
+            raise InvalidInput("a star needs a user name")
+
+        def change(pkg: _Package, meta: _Meta, now: str) -> bool:
+            if starred == (user in meta.users):
+                return False
+            if starred:
+                meta.users[user] = True
+            else:
+                del meta.users[user]
+            return True
+
+        return await self._update(name, change)
+
+    async def repair_orphans(self, *, older_than: float = ORPHAN_MAX_AGE) -> int:
+        """Remove published tarballs without a version file (a crashed publish)
+        older than ``older_than`` seconds; younger ones are left for a retried
+        publish to replace. Returns the number removed."""
+        infos = await self._published.keys("")
+        keys = {info.key for info in infos}
+        cutoff = time.time() - older_than
+        removed = 0
+        for info in infos:
+            name, version = _split_tarball_key(info.key)
+            if name is None or version is None or info.mtime >= cutoff:
+                continue
+            vkey = version_file_key(name, version)
+            if vkey in keys:
+                continue
+            async with self._published.transaction(name) as txn:
+                # Re-check under the lock: a publish may have committed since.
+                if await self._published.info(vkey) is None:
+                    removed += await txn.remove_orphan(info.key)
+        return removed
+
+    # --- tarballs
+
+    async def tarball(self, name: PackageName, filename: str) -> TarballRef | None:
+        """The tarball ``filename`` of ``name``: published first (only for a
+        committed, not unpublished version), then the cache. None if neither
+        has it, or if the version is unpublished."""
+        name = parse_name(name)
+        key = _tarball_file_key(name, filename)
+        version = _version_of(name, filename)
+        committed = False
+        if version is not None:
+            mkey, vkey = meta_key(name), version_file_key(name, version)
+            found = await self._published.get_many([mkey, vkey])
+            if mkey in found and version in _Meta.parse(_load(found[mkey], mkey)).unpublished:
+                return None
+            committed = vkey in found
+        location = await self._layered.locate(key, published=committed)
+        if location is None:
+            return None
+        layer = self._published if location.layer == "published" else self._cache
+        return TarballRef(location.layer, location.size, location.path, key, layer.get)
+
+    # --- cache side
+
+    async def cached_packument(self, name: PackageName) -> CachedPackument | None:
+        """The cached upstream packument of ``name`` (bytes as received) and
+        its freshness; None if not cached. A meta that is missing, corrupt or
+        that does not describe this body reads as fetched at 0 with no validators."""
+        name = parse_name(name)
+        bkey, mkey = f"{name}/{PACKUMENT_FILE}", f"{name}/{PACKUMENT_META_FILE}"
+        found = await self._cache.get_many([bkey, mkey])
+        body = found.get(bkey)
+        if body is None:
+            return None
+        meta = CacheMeta(fetched_at=0.0)
+        try:
+            doc = orjson.loads(found[mkey]) if mkey in found else None
+        except orjson.JSONDecodeError:
+            doc = None
+        if isinstance(doc, dict) and doc.get("body_xxh3") == _digest(body):
+            meta = CacheMeta(
+                fetched_at=float(doc.get("fetched_at") or 0.0),
+                etag=doc.get("etag") if isinstance(doc.get("etag"), str) else None,
+                last_modified=doc.get("last_modified") if isinstance(doc.get("last_modified"), str) else None,
+            )
+        return CachedPackument(body=body, meta=meta)
+
+    async def store_packument(self, name: PackageName, body: bytes, meta: CacheMeta) -> None:
+        """Cache an upstream packument (body first, then its meta)."""
+        name = parse_name(name)
+        try:
+            await self._cache.put(f"{name}/{PACKUMENT_FILE}", bytes(body))
+            await self._cache.put(f"{name}/{PACKUMENT_META_FILE}", _dump_cache_meta(meta, body))
+        finally:
+            self._notify(name)
+
+    async def touch_packument(self, name: PackageName, meta: CacheMeta) -> None:
+        """Record a revalidation (upstream 304): new freshness, same body.
+        Nothing happens if the body is no longer cached."""
+        name = parse_name(name)
+        body = await self._cache.get(f"{name}/{PACKUMENT_FILE}")
+        if body is None:
+            return
+        try:
+            await self._cache.put(f"{name}/{PACKUMENT_META_FILE}", _dump_cache_meta(meta, body))
+        finally:
+            self._notify(name)
+
+    async def drop_cached(self, name: PackageName) -> None:
+        """Forget everything cached for ``name`` (upstream said 404)."""
+        name = parse_name(name)
+        try:
+            await self._cache.evict_package(name)
+        finally:
+            self._notify(name)
+
+    async def open_cache_tarball(self, name: PackageName, filename: str) -> BlobWriter:
+        """A writer for a verified upstream tarball; commit replaces atomically."""
+        name = parse_name(name)
+        return await self._cache.open_writer(_tarball_file_key(name, filename))
+
+
+def _load(data: bytes, key: str) -> JSONObject:
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise StorageError(f"corrupt stored document {key}") from exc
+    if not isinstance(doc, dict):
+        raise StorageError(f"corrupt stored document {key}: not an object")
+    return doc
+
+
+def _digest(body: bytes) -> str:
+    return xxhash.xxh3_64_hexdigest(body)
+
+
+def _dump_cache_meta(meta: CacheMeta, body: bytes) -> bytes:
+    return orjson.dumps(
+        {
+            "fetched_at": meta.fetched_at,
+            "etag": meta.etag,
+            "last_modified": meta.last_modified,
+            "body_xxh3": _digest(body),
+        }
+    )
+
+
+def _check_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for tag, version in tags.items():
+        if not isinstance(tag, str) or not tag or tag != tag.strip() or not isinstance(version, str):
+            raise InvalidInput(f"invalid dist-tag {tag!r}")
+        out[tag] = version
+    return out
+
+
+def _tarball_file_key(name: PackageName, filename: str) -> str:
+    if not isinstance(filename, str) or "/" in filename or not filename.endswith(".tgz"):
+        raise InvalidInput(f"invalid tarball file name {filename!r}")
+    return check_key(f"{name}/{filename}")
+
+
+def _version_of(name: PackageName, filename: str) -> str | None:
+    """The version in a canonical tarball file name of ``name``, if it is one."""
+    stem = f"{tarball_basename(name)}-"
+    if filename.startswith(stem) and filename.endswith(".tgz") and len(filename) > len(stem) + 4:
+        return filename[len(stem) : -len(".tgz")]
+    return None
+
+
+def _split_tarball_key(key: str) -> tuple[PackageName | None, str | None]:
+    """(name, version) for a published key of the form ``<name>/<base>-<v>.tgz``."""
+    head, _, filename = key.rpartition("/")
+    if not head or not filename.endswith(".tgz"):
+        return None, None
+    try:
+        name = parse_name(head)
+    except InvalidInput:
+        return None, None
+    return name, _version_of(name, filename)
+
+
+__all__ = [
+    "ORPHAN_MAX_AGE",
+    "PACKUMENT_FILE",
+    "PACKUMENT_META_FILE",
+    "PackageStore",
+    "TarballRef",
+    "isoformat",
+    "utcnow",
+]

@@ -1,0 +1,309 @@
+"""Watcher: file changes under the store roots → names of changed packages.
+
+Keeps the composed view coherent with writes made *outside* this process
+(another worker, an operator restoring a backup, ``rm -rf`` of the cache).
+In-process writes invalidate synchronously and do not rely on it.
+
+One task per root runs :func:`watchfiles.awatch` (inotify, or polling with
+``force_polling`` for filesystems without change notification). Paths map
+to package names: ``<root>/<name>/…`` and ``<root>/@scope/<name>/…``.
+Ignored: hidden entries anywhere in the path (``.locks``, ``.tmp.*`` temp
+files: their final ``rename`` produces its own event; ``.trash.*``),
+``*.tgz`` files (tarballs do not contribute to the composed document), and
+anything that is not a valid package name. A scope directory that appears
+is listed (its packages may predate the watch on it); one that vanishes as
+a whole counts as a reset, since its package names are no longer known.
+
+Invariants:
+
+* ``on_change(names)`` is called from the event loop, once per debounced
+  batch (``debounce_ms``/``step_ms``), with a non-empty set.
+* A root that disappears (or is replaced by another directory) stops its
+  watch; the task polls until the root exists again, then restarts the watch
+  and calls ``on_reset()`` in the same event-loop step in which the new watch
+  is established, so no change can fall between the reset and the watch.
+  ``on_reset()`` is also called when the root vanishes, after a watch error
+  (events may have been missed), and, while the root is missing, whenever
+  its parent directory changes (the root may have appeared, been read and
+  vanished again between two polls). A root missing at :meth:`start` is
+  waited for the same way. The watcher never creates a root itself (an
+  operator restoring a backup with ``mv`` must find the path free).
+* Callbacks that raise are logged; the watcher keeps running.
+* :meth:`start` returns once every existing root is being watched;
+  :meth:`stop` ends every task (via a stop event, not cancellation, so the
+  watch threads exit cleanly) and leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+from watchfiles import Change, awatch
+
+from ._types import PackageName
+from .errors import InvalidName
+from .names import parse_name
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DEBOUNCE_MS = 30
+DEFAULT_STEP_MS = 10
+#: How often the watch thread wakes up without events, to re-check the root.
+DEFAULT_CHECK_MS = 1000
+#: Poll interval of the polling backend, and of waiting for a missing root.
+DEFAULT_POLL_MS = 100
+_MAX_BACKOFF_S = 1.0
+
+
+def _name_of(prefix: str, path: str) -> tuple[str | None, str | None]:
+    """(package name, bare scope) for ``path`` under ``prefix``; both None if ignored."""
+    if not path.startswith(prefix):
+        return None, None
+    parts = path[len(prefix):].split(os.sep)
+    if any(not part or part.startswith(".") for part in parts):
+        return None, None
+    if parts[-1].endswith(".tgz"):
+        return None, None
+    if parts[0].startswith("@"):
+        if len(parts) < 2:
+            return None, parts[0]
+        raw = f"{parts[0]}/{parts[1]}"
+    else:
+        raw = parts[0]
+    try:
+        return parse_name(raw), None
+    except InvalidName:
+        return None, None
+
+
+def names_from_paths(root: str, paths: Iterable[str]) -> set[PackageName]:
+    """Package names for changed ``paths`` under ``root`` (see module docstring)."""
+    prefix = root.rstrip(os.sep) + os.sep
+    names: set[PackageName] = set()
+    for path in paths:
+        name, _scope = _name_of(prefix, path)
+        if name is not None:
+            names.add(PackageName(name))
+    return names
+
+
+def names_from_changes(root: str, changes: Iterable[tuple[Change, str]]) -> tuple[set[PackageName], bool]:
+    """Package names for a batch of changes under ``root``, and whether some
+    changes could not be attributed (a scope directory that vanished as a
+    whole, e.g. renamed away by a cache wipe: every name in it changed).
+
+    A scope directory that appeared is listed: inotify may report only the
+    scope directory when ``@scope/name/…`` is created in one go, because the
+    packages' directories can appear before the watch on the scope does.
+    """
+    prefix = root.rstrip(os.sep) + os.sep
+    names: set[PackageName] = set()
+    lost = False
+    for change, path in changes:
+        name, scope = _name_of(prefix, path)
+        if name is not None:
+            names.add(PackageName(name))
+        elif scope is not None:
+            try:
+                with os.scandir(path) as entries:
+                    subdirs = [e.name for e in entries if not e.name.startswith(".")]
+            except OSError:
+                lost = lost or change == Change.deleted or not os.path.exists(path)
+                continue
+            for sub in subdirs:
+                try:
+                    names.add(parse_name(f"{scope}/{sub}"))
+                except InvalidName:
+                    continue
+    return names, lost
+
+
+def _dir_state(path: str) -> tuple[int, int, int] | None:
+    # Creating or removing an entry updates a directory's mtime; with the
+    # kernel's fine-grained timestamps after a stat, even within one tick.
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _identity(root: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(root)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+class Watcher:
+    """Watches store roots and reports which packages changed."""
+
+    def __init__(
+        self,
+        roots: Sequence[Path],
+        on_change: Callable[[set[PackageName]], None],
+        on_reset: Callable[[], None],
+        *,
+        force_polling: bool = False,
+        debounce_ms: int = DEFAULT_DEBOUNCE_MS,
+        step_ms: int = DEFAULT_STEP_MS,
+        poll_ms: int = DEFAULT_POLL_MS,
+        check_ms: int = DEFAULT_CHECK_MS,
+    ) -> None:
+        self._roots = [os.path.abspath(os.fspath(r)) for r in roots]
+        self._on_change = on_change
+        self._on_reset = on_reset
+        self._force_polling = force_polling
+        self._debounce_ms = debounce_ms
+        self._step_ms = step_ms
+        self._poll_ms = poll_ms
+        self._check_ms = check_ms
+        self._stop: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.resets = 0  # how many times on_reset was called (diagnostics)
+
+    @property
+    def running(self) -> bool:
+        return bool(self._tasks) and not all(t.done() for t in self._tasks)
+
+    async def start(self) -> None:
+        """Start watching; returns when every existing root is watched."""
+        if self._tasks:
+            raise RuntimeError("Watcher already started")
+        self._stop = asyncio.Event()
+        ready: list[asyncio.Event] = []
+        for root in self._roots:
+            event = asyncio.Event()
+            ready.append(event)
+            task = asyncio.create_task(self._watch_root(root, event), name=f"watch {root}")
+            self._tasks.append(task)
+        await asyncio.gather(*(e.wait() for e in ready))
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop every watch task and wait for them to finish."""
+        if self._stop is None:
+            return
+        self._stop.set()
+        tasks, self._tasks = self._tasks, []
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:  # a watch thread stuck in a syscall: last resort
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        self._stop = None
+
+    async def __aenter__(self) -> Watcher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- internals ---------------------------------------------------------
+    def _reset(self) -> None:
+        log.debug("watcher reset")
+        self.resets += 1
+        try:
+            self._on_reset()
+        except Exception:
+            log.exception("watcher on_reset callback failed")
+
+    def _changed(self, names: set[PackageName]) -> None:
+        try:
+            self._on_change(names)
+        except Exception:
+            log.exception("watcher on_change callback failed")
+
+    async def _sleep(self, stop: asyncio.Event, seconds: float) -> bool:
+        """Sleep unless stopped first; True if stopped."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+        return stop.is_set()
+
+    async def _watch_root(self, root: str, ready: asyncio.Event) -> None:
+        stop = self._stop
+        assert stop is not None
+        parent = os.path.dirname(root)
+        needs_reset = False  # the initial watch missed nothing
+        missing_since: tuple[int, int, int] | None = None  # parent state when last checked
+        missing = False
+        backoff = 0.0
+        while not stop.is_set():
+            identity = _identity(root)
+            if identity is None:
+                ready.set()  # start() does not wait for a missing root
+                state = _dir_state(parent)
+                if missing and state != missing_since:
+                    # The root may have come and gone between two polls, and
+                    # been read meanwhile: nothing watched it, so reset.
+                    self._reset()
+                elif not missing and needs_reset:
+                    # It vanished: whatever was composed from it is void.
+                    self._reset()
+                missing, missing_since = True, state
+                needs_reset = True
+                if await self._sleep(stop, self._poll_ms / 1000):
+                    return
+                continue
+            missing = False
+            if needs_reset:
+                # Same loop step as the watch being established below, so no
+                # change can fall between this reset and the new watch.
+                self._reset()
+            needs_reset = True  # any later restart follows a possible gap
+            ready.set()
+            log.debug("watching %s (inode %s)", root, identity[1])
+            try:
+                await self._watch(root, identity, stop)
+                log.debug("watch of %s ended", root)
+                backoff = 0.0
+            except Exception:
+                log.exception("watching %s failed; restarting", root)
+                backoff = min(_MAX_BACKOFF_S, backoff * 2 or 0.05)
+                if await self._sleep(stop, backoff):
+                    return
+
+    async def _watch(self, root: str, identity: tuple[int, int], stop: asyncio.Event) -> None:
+        """Watch ``root`` until stopped or until it vanishes or is replaced."""
+        watch = awatch(
+            root,
+            watch_filter=None,
+            debounce=self._debounce_ms,
+            step=self._step_ms,
+            stop_event=stop,
+            rust_timeout=self._check_ms,
+            yield_on_timeout=True,
+            force_polling=self._force_polling,
+            poll_delay_ms=self._poll_ms,
+            recursive=True,
+            ignore_permission_denied=True,
+        )
+        async with contextlib.aclosing(watch):
+            async for changes in watch:
+                root_gone = any(path == root and change == Change.deleted for change, path in changes)
+                names, lost = names_from_changes(root, changes)
+                log.debug("%s: %d changes -> %s%s %s", root, len(changes), names, " (lost)" if lost else "", sorted((c.name, p[len(root):]) for c, p in changes))
+                if names:
+                    self._changed(names)
+                if lost and not root_gone:
+                    self._reset()
+                if root_gone or _identity(root) != identity:
+                    return
+
+
+__all__ = [
+    "DEFAULT_CHECK_MS",
+    "DEFAULT_DEBOUNCE_MS",
+    "DEFAULT_POLL_MS",
+    "DEFAULT_STEP_MS",
+    "Watcher",
+    "names_from_changes",
+    "names_from_paths",
+]

@@ -1,0 +1,39 @@
+"""One structured line per request: method, path, status, bytes, ms, cache
+outcome. Runs after the response is sent (aiohttp's access-logger hook), so
+the byte count is what went out. Secrets never reach it: no headers are
+logged, and the token in a logout or token-revoke path is redacted."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web import BaseRequest, StreamResponse
+
+from .keys import OUTCOME
+
+_SECRET_PATHS = re.compile(r"^(/-/user/token/|/-/npm/v1/tokens/token/)[^/?]+")
+
+
+def redact(path: str) -> str:
+    """``path`` with any secret path segment replaced."""
+    return _SECRET_PATHS.sub(r"\1<redacted>", path)
+
+
+class AccessLogger(AbstractAccessLogger):
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        outcome = request.get(OUTCOME, "-") if hasattr(request, "get") else "-"
+        self.logger.info(
+            "%s %s %d %dB %.1fms %s",
+            request.method,
+            redact(request.rel_url.path),
+            response.status,
+            response.body_length,
+            time * 1000,
+            outcome,
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)

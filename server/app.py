@@ -1,0 +1,147 @@
+"""The aiohttp application: services on typed keys, routes, lifecycle.
+
+``make_app(config)`` wires the library (store, composed view, watcher) and the
+server services (authenticator, upstream client, packument source, tarball
+proxy) on the app; ``cleanup_ctx`` opens them at start-up and closes them on
+shutdown. ``run(config)`` serves until SIGINT/SIGTERM, letting in-flight
+requests finish.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from overlaystore._types import PackageName
+from overlaystore.packages import PackageStore
+from overlaystore.view import ComposedView
+from overlaystore.watch import Watcher
+
+from . import accounts
+from .access_log import AccessLogger
+from .auth import Authenticator
+from .config import Config
+from .dist_tags import delete_tag, list_tags, put_tag
+from .documents import Documents
+from .http_errors import error_middleware
+from .keys import AUTH, CONFIG, DOCUMENTS, POLICY, SOURCE, STORE, TARBALLS, UPSTREAM, VIEW
+from .misc import audit_bulk, ping
+from .packuments import get_packument, get_version
+from .refresh import UpstreamSource
+from .search import search
+from .tarball_proxy import TarballProxy
+from .tarballs import get_tarball
+from .upstream import UpstreamClient
+from .writes import delete_package, delete_tarball, put_package, put_package_rev
+
+log = logging.getLogger("overlaystore.server")
+
+#: Seconds in-flight requests get to finish on shutdown.
+SHUTDOWN_TIMEOUT_S = 30.0
+
+
+def make_app(config: Config) -> web.Application:
+    """The registry application for ``config`` (services start with the app)."""
+    app = web.Application(
+        client_max_size=config.server.max_body_bytes,
+        middlewares=[error_middleware],
+    )
+    app[CONFIG] = config
+    app[POLICY] = config.policy
+    app[AUTH] = Authenticator(config.auth)
+    app.cleanup_ctx.append(_services)
+    add_routes(app.router)
+    return app
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    """Every route. The ``/-/`` routes come first so that ``/-/whoami`` is not
+    taken for a package, and the literal ``/@scope/name`` spellings before
+    ``/<name>/<version>``."""
+    accounts.register(router)
+    router.add_get("/-/ping", ping)
+    router.add_get("/-/v1/search", search)
+    router.add_post("/-/npm/v1/security/advisories/bulk", audit_bulk)
+    for prefix in ("/-/package/@{scope}/{pkg}", "/-/package/{name}"):
+        router.add_get(prefix + "/dist-tags", list_tags)
+        router.add_put(prefix + "/dist-tags/{tag}", put_tag)
+        router.add_post(prefix + "/dist-tags/{tag}", put_tag)
+        router.add_delete(prefix + "/dist-tags/{tag}", delete_tag)
+    for prefix in ("/@{scope}/{pkg}", "/{name}"):
+        router.add_get(prefix, get_packument)
+        router.add_put(prefix, put_package)
+        router.add_put(prefix + "/-rev/{rev}", put_package_rev)
+        router.add_delete(prefix + "/-rev/{rev}", delete_package)
+        router.add_get(prefix + "/-/{filename}", get_tarball)
+        router.add_delete(prefix + "/-/{filename}/-rev/{rev}", delete_tarball)
+        router.add_get(prefix + "/{version}", get_version)
+
+
+async def _services(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    store = await PackageStore.open_directories(config.storage.published, config.storage.cache)
+    view = ComposedView(config.cache.view_max_bytes)
+    # In-process writes invalidate before they return; the watcher covers
+    # other processes and operators.
+    store.subscribe(view.invalidate)
+    client = UpstreamClient(config.upstream) if config.upstream.url else None
+    if client is not None:
+        await client.start()
+        app[UPSTREAM] = client
+    source = UpstreamSource(store, client, config.upstream)
+    app[STORE] = store
+    app[VIEW] = view
+    app[SOURCE] = source
+    app[TARBALLS] = TarballProxy(store, source, client)
+    app[DOCUMENTS] = Documents(store, view, source, config.policy, max_age_s=config.upstream.max_age_s)
+    watcher: Watcher | None = None
+    if config.watch.enabled:
+
+        def invalidate(names: set[PackageName]) -> None:
+            for name in names:
+                view.invalidate(name)
+
+        watcher = Watcher(
+            [config.storage.published, config.storage.cache],
+            on_change=invalidate,
+            on_reset=view.invalidate_all,
+            force_polling=config.watch.polling,
+        )
+        await watcher.start()
+    try:
+        yield
+    finally:
+        if watcher is not None:
+            await watcher.stop()
+        if client is not None:
+            await client.close()
+
+
+def run(config: Config) -> None:
+    """Serve ``config`` until interrupted."""
+    logging.basicConfig(
+        level=config.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    access = logging.getLogger("overlaystore.access") if config.server.access_log else None
+    upstream = config.upstream.url or "none"
+    log.info(
+        "overlaystore on http://%s:%d (published: %s, cache: %s, upstream: %s%s)",
+        config.server.host,
+        config.server.port,
+        config.storage.published,
+        config.storage.cache,
+        upstream,
+        ", offline" if config.upstream.offline else "",
+    )
+    web.run_app(
+        make_app(config),
+        host=config.server.host,
+        port=config.server.port,
+        access_log=access,
+        access_log_class=AccessLogger,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        print=None,
+    )

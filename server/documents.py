@@ -1,0 +1,127 @@
+"""The packument a client sees: composed view hit, or compose on a miss.
+
+The composed LRU (:class:`~overlaystore.view.ComposedView`) holds rendered
+bytes per (name, variant, public URL). On a miss the published fragment and,
+when the name policy allows, the upstream packument (refreshed through
+:class:`~server.refresh.UpstreamSource`) are composed and rendered once.
+
+Coherence: the generation of a name is read *after* the upstream refresh (which
+may itself invalidate the name) and before the store is read, so a write that
+lands while we compose makes our fill a no-op instead of a stale entry. Entries
+built from upstream data expire with that data's freshness; a stale-if-error
+result is served but never cached.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from overlaystore._types import JSONObject, PackageName
+from overlaystore.compose import compose
+from overlaystore.errors import NotFound
+from overlaystore.fragment import PublishedFragment
+from overlaystore.packages import PackageStore
+from overlaystore.policy import NamePolicy, Provenance
+from overlaystore.render import Rendered, Variant, render
+from overlaystore.view import ComposedView
+
+from .refresh import UpstreamDoc, UpstreamSource
+
+
+class Outcome(enum.Enum):
+    """How a packument request was served (for the access log and headers)."""
+
+    HIT = "hit"
+    MISS = "miss"
+    STALE = "stale"
+
+
+@dataclass(frozen=True, slots=True)
+class Composed:
+    """A composed document with what it was made of."""
+
+    doc: JSONObject
+    fragment: PublishedFragment | None
+    upstream: UpstreamDoc | None
+    provenance: Provenance
+
+
+class Documents:
+    """Serves composed packuments through the LRU."""
+
+    def __init__(
+        self,
+        store: PackageStore,
+        view: ComposedView,
+        source: UpstreamSource,
+        policy: NamePolicy,
+        *,
+        max_age_s: float,
+    ) -> None:
+        self._store = store
+        self._view = view
+        self._source = source
+        self._policy = policy
+        self._max_age_s = max_age_s
+
+    def classify(self, name: PackageName, fragment: PublishedFragment | None) -> Provenance:
+        has_published = fragment is not None and (fragment.is_live or bool(fragment.unpublished))
+        return self._policy.classify(name, has_published=has_published)
+
+    async def composed(self, name: PackageName) -> Composed:
+        """Compose ``name`` now. Raises NotFound when neither store has it."""
+        composed, _ = await self._compose(name)
+        return composed
+
+    async def rendered(
+        self, name: PackageName, variant: Variant, public_url: str
+    ) -> tuple[Rendered, Outcome]:
+        """Rendered bytes of ``name`` from the LRU, composing on a miss."""
+        hit = self._view.get(name, variant, public_url)
+        if hit is not None:
+            return hit, Outcome.HIT
+        composed, generation = await self._compose(name)
+        rendered = render(composed.doc, variant, public_url)
+        upstream = composed.upstream
+        if upstream is not None and upstream.stale:
+            return rendered, Outcome.STALE
+        expires_at = None if upstream is None else upstream.fetched_at + self._max_age_s
+        if expires_at is None or expires_at > time.time():
+            self._view.put(
+                name, variant, public_url, rendered, generation=generation, expires_at=expires_at
+            )
+        return rendered, Outcome.MISS
+
+    async def _compose(self, name: PackageName) -> tuple[Composed, int]:
+        generation = self._view.generation(name)
+        fragment = await self._store.fragment(name)
+        provenance = self.classify(name, fragment)
+        upstream: UpstreamDoc | None = None
+        if provenance is not Provenance.PRIVATE:
+            upstream = await self._source.packument(name)
+            # The refresh may have invalidated the name, and a publish may have
+            # landed meanwhile: take the generation, then re-read published data.
+            generation = self._view.generation(name)
+            fragment = await self._store.fragment(name)
+            provenance = self.classify(name, fragment)
+            if provenance is Provenance.PRIVATE:
+                upstream = None
+        if upstream is None and (fragment is None or not fragment.is_live):
+            if fragment is not None:
+                raise NotFound(f"{name} has been unpublished")
+            raise NotFound(f"package {name} not found")
+        doc = compose(name, fragment, upstream.doc if upstream else None)
+        return Composed(doc, fragment, upstream, provenance), generation
+
+
+def version_manifest(doc: JSONObject, spec: str) -> dict[str, Any]:
+    """The manifest of ``spec`` (a version or a dist-tag) in a composed doc."""
+    versions = doc.get("versions", {})
+    version = doc.get("dist-tags", {}).get(spec, spec)
+    manifest = versions.get(version)
+    if manifest is None:
+        raise NotFound(f"version {spec} of {doc.get('name')} not found")
+    return dict(manifest)

@@ -1,0 +1,33 @@
+"""Typed application keys: the one place where shared services hang on the app."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from overlaystore.packages import PackageStore
+    from overlaystore.policy import NamePolicy
+    from overlaystore.view import ComposedView
+
+    from .auth import Authenticator
+    from .config import Config
+    from .documents import Documents
+    from .refresh import UpstreamSource
+    from .tarball_proxy import TarballProxy
+    from .upstream import UpstreamClient
+
+CONFIG: web.AppKey["Config"] = web.AppKey("config")
+STORE: web.AppKey["PackageStore"] = web.AppKey("store")
+VIEW: web.AppKey["ComposedView"] = web.AppKey("view")
+POLICY: web.AppKey["NamePolicy"] = web.AppKey("policy")
+AUTH: web.AppKey["Authenticator"] = web.AppKey("auth")
+UPSTREAM: web.AppKey["UpstreamClient"] = web.AppKey("upstream")
+SOURCE: web.AppKey["UpstreamSource"] = web.AppKey("source")
+TARBALLS: web.AppKey["TarballProxy"] = web.AppKey("tarballs")
+DOCUMENTS: web.AppKey["Documents"] = web.AppKey("documents")
+
+#: How a request was served from the caches ("hit", "miss", "stale", "published", ...),
+#: for the access log.
+OUTCOME: web.RequestKey[str] = web.RequestKey("outcome", str)

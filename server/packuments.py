@@ -1,0 +1,80 @@
+"""GET of packuments (full and abbreviated) and of single version manifests."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from overlaystore.render import Rendered, Variant
+
+from .access import require_read
+from .documents import Outcome, version_manifest
+from .keys import DOCUMENTS, OUTCOME
+from .request_info import (
+    ABBREVIATED_TYPE,
+    accepts_gzip,
+    package_name,
+    public_url,
+    variant_of,
+)
+
+# Clients revalidate every time (cheap 304s), so a publish shows up at once.
+_CACHE_CONTROL = "no-cache"
+_VARY = "Accept, Accept-Encoding"
+
+
+def _etag_matches(request: web.Request, etag: str) -> bool:
+    header = request.headers.get("If-None-Match")
+    if not header:
+        return False
+    candidates = {tag.strip().removeprefix("W/") for tag in header.split(",")}
+    return etag in candidates or "*" in candidates
+
+
+def _respond(request: web.Request, rendered: Rendered, variant: Variant, outcome: Outcome) -> web.Response:
+    headers = {
+        "ETag": rendered.etag,
+        "Vary": _VARY,
+        "Cache-Control": _CACHE_CONTROL,
+        "X-Overlaystore-Cache": outcome.value,
+    }
+    if rendered.last_modified:
+        headers["Last-Modified"] = rendered.last_modified
+    if outcome is Outcome.STALE:
+        headers["Warning"] = '110 - "Response is Stale"'
+    request[OUTCOME] = outcome.value
+    if _etag_matches(request, rendered.etag):
+        return web.Response(status=304, headers=headers)
+    content_type = ABBREVIATED_TYPE if variant is Variant.ABBREVIATED else "application/json"
+    if accepts_gzip(request):
+        headers["Content-Encoding"] = "gzip"
+        body = rendered.gzip
+    else:
+        body = rendered.body
+    headers["Content-Type"] = content_type
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(len(body))
+        return web.Response(headers=headers)
+    return web.Response(body=body, headers=headers)
+
+
+async def get_packument(request: web.Request) -> web.Response:
+    name = package_name(request)
+    await require_read(request, name)
+    variant = variant_of(request)
+    rendered, outcome = await request.app[DOCUMENTS].rendered(name, variant, public_url(request))
+    return _respond(request, rendered, variant, outcome)
+
+
+async def get_version(request: web.Request) -> web.Response:
+    """``GET /<name>/<version-or-tag>``: one manifest, tarball URL rewritten."""
+    name = package_name(request)
+    await require_read(request, name)
+    rendered, _ = await request.app[DOCUMENTS].rendered(name, Variant.FULL, public_url(request))
+    # The rendered bytes already carry rewritten tarball URLs.
+    manifest = version_manifest(orjson.loads(rendered.body), request.match_info["version"])
+    return web.Response(
+        body=orjson.dumps(manifest),
+        content_type="application/json",
+        headers={"Cache-Control": _CACHE_CONTROL},
+    )

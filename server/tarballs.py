@@ -1,0 +1,54 @@
+"""GET/HEAD of tarballs: published first, then the cache, then the upstream.
+
+A cached upstream tarball is never served for a name that has become private
+(published here without an overlay rule): the published store alone speaks for
+such a name.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from overlaystore.errors import NotFound
+from overlaystore.policy import Provenance
+
+from .access import require_read
+from .keys import DOCUMENTS, OUTCOME, STORE, TARBALLS
+from .request_info import package_name
+
+TARBALL_TYPE = "application/octet-stream"
+
+
+def _filename(request: web.Request) -> str:
+    filename = request.match_info["filename"]
+    if "/" in filename or "\\" in filename or filename.startswith(".") or not filename.endswith(".tgz"):
+        raise NotFound(f"no tarball {filename!r}")
+    return filename
+
+
+async def get_tarball(request: web.Request) -> web.StreamResponse:
+    name = package_name(request)
+    filename = _filename(request)
+    await require_read(request, name)
+    store = request.app[STORE]
+    documents = request.app[DOCUMENTS]
+    fragment = await store.fragment(name)
+    provenance = documents.classify(name, fragment)
+    ref = await store.tarball(name, filename)
+    if ref is not None and (ref.layer == "published" or provenance is not Provenance.PRIVATE):
+        request[OUTCOME] = ref.layer
+        # Tarballs are immutable: a long max-age is safe, and never gzip them
+        # (npm would hash the gunzipped tar and fail with EINTEGRITY).
+        headers = {"Content-Type": TARBALL_TYPE, "Cache-Control": "public, max-age=31536000, immutable"}
+        if ref.path is not None:
+            response = web.FileResponse(ref.path, headers=headers)
+            return response
+        data = await ref.read()
+        if request.method == "HEAD":
+            headers["Content-Length"] = str(len(data))
+            return web.Response(headers=headers)
+        return web.Response(body=data, headers=headers)
+    if provenance is Provenance.PRIVATE:
+        raise NotFound(f"no tarball {filename} for {name}")
+    request[OUTCOME] = "upstream"
+    return await request.app[TARBALLS].serve(request, name, filename, head=request.method == "HEAD")

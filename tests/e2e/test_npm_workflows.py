@@ -1,0 +1,199 @@
+"""The real npm CLI (and pnpm) against the real server process and the fake
+upstream: the workflows a team runs every day, in order."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pexpect
+import pytest
+
+from tests.fakes.upstream import FakeUpstream
+
+from .conftest import Cli, Server
+
+pytestmark = pytest.mark.e2e
+
+
+def make_package(where: Path, name: str, version: str, deps: dict[str, str] | None = None) -> Path:
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "package.json").write_text(json.dumps(
+        {"name": name, "version": version, "main": "index.js", "description": f"{name} for tests",
+         "keywords": ["overlaystore-e2e"], "dependencies": deps or {}, "license": "MIT"}))
+    (where / "index.js").write_text(f"module.exports = {json.dumps(name + '@' + version)};\n")
+    return where
+
+
+def make_project(where: Path, deps: dict[str, str]) -> Path:
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "package.json").write_text(json.dumps({"name": "app", "version": "0.0.0", "private": True, "dependencies": deps}))
+    return where
+
+
+def login(cli: Cli, user: str, password: str = "s3cret-pass") -> None:
+    """``npm adduser`` at its real prompts (it reads the password from a TTY)."""
+    child = pexpect.spawn(
+        shutil.which("npm") or "npm", ["adduser", "--auth-type=legacy"],
+        env=cli.env(), cwd=str(cli.home), encoding="utf-8", timeout=30,
+    )
+    child.expect("Username:")
+    child.sendline(user)
+    child.expect("Password:")
+    child.sendline(password)
+    child.expect("Email")
+    child.sendline(f"{user}@example.com")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    assert "_authToken" in cli.npmrc.read_text()
+
+
+def installed_version(project: Path, name: str) -> str:
+    return str(json.loads((project / "node_modules" / name / "package.json").read_text())["version"])
+
+
+@pytest.fixture(scope="module")
+def alice(tmp_path_factory: pytest.TempPathFactory, server: Server) -> Cli:
+    home = tmp_path_factory.mktemp("alice")
+    cli = Cli(home, server.url)
+    cli.npmrc.write_text(f"registry={server.url}/\n")
+    login(cli, "alice")
+    return cli
+
+
+def test_whoami_and_ping(alice: Cli) -> None:
+    assert alice.npm("whoami").stdout.strip() == "alice"
+    alice.npm("ping")
+
+
+def test_publish_and_install_a_mixed_tree(alice: Cli, server: Server, tmp_path: Path, upstream: FakeUpstream) -> None:
+    alice.npm("publish", cwd=make_package(tmp_path / "a", "acme-utils", "1.0.0", {"left-pad": "^1.0.0"}))
+    alice.npm("publish", cwd=make_package(tmp_path / "b", "@acme/widget", "1.0.0", {"acme-utils": "^1.0.0", "is-odd-fake": "1.0.0"}))
+    view = json.loads(alice.npm("view", "@acme/widget", "--json").stdout)
+    assert view["version"] == "1.0.0" and str(view["_npmUser"]).startswith("alice")
+
+    project = make_project(tmp_path / "app", {"@acme/widget": "^1.0.0"})
+    alice.npm("install", cwd=project)
+    assert installed_version(project, "@acme/widget") == "1.0.0"
+    assert installed_version(project, "acme-utils") == "1.0.0"
+    assert installed_version(project, "left-pad") == "1.3.0"
+    assert installed_version(project, "is-number-fake") == "2.1.0"
+    lock = json.loads((project / "package-lock.json").read_text())
+    resolved = {k: v.get("resolved", "") for k, v in lock["packages"].items() if k}
+    assert all(url.startswith(server.url + "/") for url in resolved.values()), resolved
+
+    # npm ci from the lockfile with a fresh npm cache.
+    shutil.rmtree(project / "node_modules")
+    shutil.rmtree(alice.home / "npm-cache", ignore_errors=True)
+    alice.npm("ci", cwd=project)
+    assert installed_version(project, "left-pad") == "1.3.0"
+
+    # Wipe the proxy cache: installs keep working, published data is untouched.
+    shutil.rmtree(server.root / "cache")
+    shutil.rmtree(project / "node_modules")
+    shutil.rmtree(alice.home / "npm-cache", ignore_errors=True)
+    alice.npm("ci", cwd=project)
+    assert installed_version(project, "@acme/widget") == "1.0.0"
+
+    # Restart the server: still there.
+    server.restart()
+    shutil.rmtree(project / "node_modules")
+    shutil.rmtree(alice.home / "npm-cache", ignore_errors=True)
+    alice.npm("ci", cwd=project)
+    assert installed_version(project, "is-odd-fake") == "1.0.0"
+
+
+def test_republish_is_refused(alice: Cli, tmp_path: Path) -> None:
+    pkg = make_package(tmp_path / "r", "acme-republish", "1.0.0")
+    alice.npm("publish", cwd=pkg)
+    (pkg / "index.js").write_text("module.exports = 'changed';\n")
+    result = alice.npm("publish", "--force", cwd=pkg, check=False)
+    assert result.returncode != 0
+    assert "cannot publish over the previously published versions" in result.stderr
+
+
+def test_dist_tags_deprecate_and_unpublish(alice: Cli, tmp_path: Path) -> None:
+    for version in ("1.0.0", "1.1.0", "2.0.0"):
+        alice.npm("publish", cwd=make_package(tmp_path / version, "acme-tags", version))
+    alice.npm("dist-tag", "add", "acme-tags@1.1.0", "stable")
+    tags = alice.npm("dist-tag", "ls", "acme-tags").stdout
+    assert "stable: 1.1.0" in tags and "latest: 2.0.0" in tags
+    alice.npm("dist-tag", "rm", "acme-tags", "stable")
+    assert "stable" not in alice.npm("dist-tag", "ls", "acme-tags").stdout
+
+    alice.npm("deprecate", "acme-tags@<2", "use 2.x")
+    view = json.loads(alice.npm("view", "acme-tags", "versions", "--json").stdout)
+    assert view == ["1.0.0", "1.1.0", "2.0.0"]
+    deprecated = alice.npm("view", "acme-tags@1.0.0", "deprecated").stdout.strip()
+    assert deprecated == "use 2.x"
+    alice.npm("deprecate", "acme-tags@<2", "")
+    assert alice.npm("view", "acme-tags@1.0.0", "deprecated").stdout.strip() == ""
+
+    alice.npm("unpublish", "acme-tags@2.0.0")
+    versions = json.loads(alice.npm("view", "acme-tags", "versions", "--json").stdout)
+    assert versions == ["1.0.0", "1.1.0"]
+    assert alice.npm("view", "acme-tags", "dist-tags.latest").stdout.strip() == "1.1.0"
+    again = alice.npm("publish", cwd=tmp_path / "2.0.0", check=False)
+    assert again.returncode != 0
+
+    alice.npm("unpublish", "acme-tags", "--force")
+    gone = alice.npm("view", "acme-tags", check=False)
+    assert gone.returncode != 0 and "E404" in gone.stderr
+
+
+def test_search(alice: Cli, tmp_path: Path) -> None:
+    alice.npm("publish", cwd=make_package(tmp_path / "s", "acme-searchable", "1.0.0"))
+    found = json.loads(alice.npm("search", "acme-searchable", "--json").stdout)
+    assert any(p["name"] == "acme-searchable" for p in found)
+
+
+def test_owner_and_other_users(alice: Cli, server: Server, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    alice.npm("publish", cwd=make_package(tmp_path / "o", "acme-owned", "1.0.0"))
+    bob = Cli(tmp_path_factory.mktemp("bob"), server.url)
+    bob.npmrc.write_text(f"registry={server.url}/\n")
+    login(bob, "bob")
+    refused = bob.npm("publish", cwd=make_package(tmp_path / "o2", "acme-owned", "1.0.1"), check=False)
+    assert refused.returncode != 0 and "E403" in refused.stderr
+    alice.npm("owner", "add", "bob", "acme-owned")
+    owners = alice.npm("owner", "ls", "acme-owned").stdout
+    assert "alice" in owners and "bob" in owners
+    bob.npm("publish", cwd=tmp_path / "o2")
+
+
+def test_tokens_and_logout(alice: Cli, server: Server, tmp_path_factory: pytest.TempPathFactory) -> None:
+    carol = Cli(tmp_path_factory.mktemp("carol"), server.url)
+    carol.npmrc.write_text(f"registry={server.url}/\n")
+    login(carol, "carol", "carol-password")
+    out = carol.npm("token", "create", "--json", input="carol-password\n").stdout
+    created = json.loads(out[out.index("{"):])  # after the "npm password:" prompt
+    secret = created["token"]
+    listed = json.loads(carol.npm("token", "list", "--json").stdout)
+    # The list shows tokens redacted, never whole: find ours by its visible prefix.
+    assert all(secret not in json.dumps(t) for t in listed)
+    (mine,) = [t for t in listed if secret.startswith(t["token"].rstrip(".…"))
+               and t["created"] == created["created"]]
+    carol.npm("token", "revoke", mine["key"][:8])
+    listed = json.loads(carol.npm("token", "list", "--json").stdout)
+    assert all(t["key"] != mine["key"] for t in listed)
+    with carol.npmrc.open() as f:
+        assert secret not in f.read()
+
+    token_line = [line for line in carol.npmrc.read_text().splitlines() if "_authToken" in line][0]
+    carol.npm("logout")
+    # The old token is revoked on the server, not just forgotten locally.
+    with carol.npmrc.open("a") as f:
+        f.write(token_line + "\n")
+    result = carol.npm("whoami", check=False)
+    assert result.returncode != 0 and "401" in result.stderr
+
+
+def test_pnpm_installs_a_mixed_tree(alice: Cli, tmp_path: Path) -> None:
+    alice.npm("publish", cwd=make_package(tmp_path / "p", "@acme/for-pnpm", "1.0.0", {"is-odd-fake": "^1.0.0"}))
+    project = make_project(tmp_path / "pnpm-app", {"@acme/for-pnpm": "^1.0.0", "left-pad": "1.1.0"})
+    alice.pnpm("install", cwd=project)
+    assert installed_version(project, "@acme/for-pnpm") == "1.0.0"
+    assert installed_version(project, "left-pad") == "1.1.0"
+    pnpm_store = project / "node_modules" / ".pnpm"
+    assert any(p.name.startswith("is-number-fake@2.1.0") for p in pnpm_store.iterdir())

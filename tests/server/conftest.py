@@ -1,0 +1,85 @@
+"""Fixtures for handler tests: a registry app on tmp storage, wired to the
+fake upstream, driven through aiohttp's test client."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from overlaystore.policy import NamePolicy
+from server.app import make_app
+from server.config import AuthConfig, Config, ServerConfig, StorageConfig, UpstreamConfig, WatchConfig
+
+
+def make_config(tmp_path: Path, upstream_url: str | None, **sections: Any) -> Config:
+    config = Config(
+        server=ServerConfig(public_url="http://registry.test"),
+        storage=StorageConfig(published=tmp_path / "published", cache=tmp_path / "cache"),
+        upstream=UpstreamConfig(url=upstream_url, retries=0, timeout_s=5, breaker_failures=1000),
+        auth=AuthConfig(htpasswd=tmp_path / "auth" / "htpasswd", tokens=tmp_path / "auth" / "tokens.json", bcrypt_rounds=4),
+        watch=WatchConfig(enabled=False),
+        policy=NamePolicy(),
+    )
+    return replace(config, **sections)
+
+
+class Registry:
+    """A test client plus helpers to log in and publish."""
+
+    def __init__(self, client: TestClient, config: Config) -> None:
+        self.client = client
+        self.config = config
+        self.tokens: dict[str, str] = {}
+
+    @property
+    def app(self):  # type: ignore[no-untyped-def]
+        return self.client.app
+
+    async def adduser(self, name: str, password: str = "correct horse") -> str:
+        resp = await self.client.put(
+            f"/-/user/org.couchdb.user:{name}",
+            json={"_id": f"org.couchdb.user:{name}", "name": name, "password": password,
+                  "email": f"{name}@example.com", "type": "user", "roles": []},
+        )
+        assert resp.status == 201, await resp.text()
+        token = (await resp.json())["token"]
+        self.tokens[name] = token
+        return str(token)
+
+    def auth(self, user: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[user]}"}
+
+    def basic(self, user: str, password: str) -> dict[str, str]:
+        raw = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {raw}"}
+
+
+RegistryFactory = Callable[..., Awaitable[Registry]]
+
+
+@pytest.fixture
+async def registry_factory(aiohttp_client: Any, tmp_path: Path) -> RegistryFactory:
+    count = 0
+
+    async def factory(upstream_url: str | None = None, **sections: Any) -> Registry:
+        nonlocal count
+        count += 1
+        config = make_config(tmp_path / f"r{count}", upstream_url, **sections)
+        client = await aiohttp_client(make_app(config))
+        return Registry(client, config)
+
+    return factory
+
+
+@pytest.fixture
+async def registry(registry_factory: RegistryFactory) -> Registry:
+    """A registry with no upstream, and a logged-in user ``alice``."""
+    reg = await registry_factory()
+    await reg.adduser("alice")
+    return reg
