@@ -35,6 +35,7 @@ from .published import PublishedLayer
 from .render import Rendered, Variant, render
 from .versions import highest, parse_version, sort_versions, version_key
 from .view import ComposedView, ViewStats
+from .watch import Watcher
 
 __all__ = [
     "AlreadyPublished",
@@ -75,6 +76,7 @@ __all__ = [
     "Variant",
     "Version",
     "ViewStats",
+    "Watcher",
     "WipeReport",
     "abbreviate",
     "compose",

@@ -73,8 +73,6 @@ class FileBackend:
     async def _io(self, what: str, fn: Callable[..., _T], *args: object) -> _T:
         try:
             return await asyncio.to_thread(fn, *args)
-        except FileExistsError:
-            raise
         except OSError as exc:
             raise atomic.translate(exc, what) from exc
 
@@ -107,10 +105,8 @@ class FileBackend:
 
     async def write(self, key: str, data: bytes, *, replace: bool) -> None:
         path = self._path(key)
-        try:
-            await self._io(f"writing {key}", _write, path, bytes(data), replace)
-        except FileExistsError as exc:
-            raise AlreadyPublished(key) from exc
+        if not await self._io(f"writing {key}", _write, path, bytes(data), replace):
+            raise AlreadyPublished(key)
 
     async def open_writer(self, key: str, *, replace: bool) -> BlobWriter:
         path = self._path(key)
@@ -145,7 +141,14 @@ class FileBackend:
 
     async def _file_lock(self, name: str) -> int:
         path = self._root / LOCK_DIR / lock_file_name(name)
-        fd = await self._io(f"locking {name}", _try_lock, path)
+        attempt = asyncio.ensure_future(self._io(f"locking {name}", _try_lock, path))
+        try:
+            # Shielded: if we are cancelled while the thread runs, it may still
+            # take the lock, which must then be given back, not leaked.
+            fd = await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            attempt.add_done_callback(_release_result)
+            raise
         if fd is not None:
             return fd
         loop = asyncio.get_running_loop()
@@ -199,11 +202,11 @@ class _FileWriter(BlobWriter):
         self._state = "ending"
         data, self._buffer = b"".join(self._buffer), []
         try:
-            await self._backend._io(f"writing {self._key}", _finish, self._handle, data, self._replace)
-        except FileExistsError as exc:
-            raise AlreadyPublished(self._key) from exc
+            created = await self._backend._io(f"writing {self._key}", _finish, self._handle, data, self._replace)
         finally:
             self._state = "done"
+        if not created:
+            raise AlreadyPublished(self._key)
 
     async def abort(self) -> None:
         if self._state != "open":
@@ -437,6 +440,13 @@ def _fail(future: asyncio.Future[int], exc: BaseException) -> None:
         future.set_exception(exc)
 
 
+def _release_result(attempt: asyncio.Future[int | None]) -> None:
+    if not attempt.cancelled() and attempt.exception() is None:
+        fd = attempt.result()
+        if fd is not None:
+            _release(fd)
+
+
 def _release(fd: int) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_UN)
@@ -444,18 +454,31 @@ def _release(fd: int) -> None:
         os.close(fd)
 
 
-def _write(path: Path, data: bytes, replace: bool) -> None:
-    atomic.write_file(path, data, replace=replace)
+def _write(path: Path, data: bytes, replace: bool) -> bool:
+    """False if a no-replace write found the key taken (stored bytes untouched)."""
+    try:
+        atomic.write_file(path, data, replace=replace)
+    except FileExistsError:
+        if replace:
+            raise
+        return False
+    return True
 
 
-def _finish(handle: atomic.AtomicFile, data: bytes, replace: bool) -> None:
+def _finish(handle: atomic.AtomicFile, data: bytes, replace: bool) -> bool:
     try:
         if data:
             handle.write(data)
     except BaseException:
         handle.abort()
         raise
-    handle.commit(replace=replace)
+    try:
+        handle.commit(replace=replace)
+    except FileExistsError:
+        if replace:
+            raise
+        return False
+    return True
 
 
 __all__ = ["LOCK_DIR", "FileBackend"]

@@ -18,8 +18,14 @@ Invariants:
 * **The version files are the truth about which versions exist**; the
   metadata only adds to them. A version whose file exists is live unless
   tombstoned, even if a crash kept the metadata from mentioning it; reads
-  normalise (``latest`` to the highest stable version, tags to live versions
-  only), and the next write persists the normalised document.
+  normalise (tags point at live versions only, a ``latest`` left dangling
+  moves to the highest live version), and the next write persists the
+  normalised document.
+* **``latest`` is never invented on read.** A publish sets it when absent
+  (unless ``default_latest=False``: an overlay must keep the upstream's
+  ``latest`` unless the publisher tagged one); a fragment without it leaves
+  the choice to :func:`~overlaystore.compose.compose`, which fixes up a missing
+  ``latest`` over the merged versions.
 * **Nothing published is deleted.** Unpublish writes tombstones; a tombstoned
   number can never be published again; its tarball is no longer served.
 * **Coherence.** Subscribers are called synchronously, before the call
@@ -179,8 +185,9 @@ class _Package:
         meta = self.meta.copy() if self.meta is not None else _Meta()
         live = self.live(meta)
         live_set = set(live)
+        dangling = "latest" in meta.dist_tags and meta.dist_tags["latest"] not in live_set
         meta.dist_tags = {t: v for t, v in meta.dist_tags.items() if v in live_set}
-        if live and meta.dist_tags.get("latest") not in live_set:
+        if dangling and live:
             meta.dist_tags["latest"] = highest(live) or live[-1]
         meta.deprecated = {v: m for v, m in meta.deprecated.items() if v in live_set and m}
         times = [str(doc["time"]) for doc in self.docs.values()]
@@ -296,8 +303,14 @@ class PackageStore:
         *,
         tags: Mapping[str, str],
         user: Mapping[str, str],
+        default_latest: bool = True,
     ) -> PublishedFragment:
         """Publish one version (see the module docstring for the protocol).
+
+        ``tags`` pointing at live versions (this one included) are set; then,
+        if ``default_latest`` and the package has no ``latest``, it is set to
+        this version (npm/Verdaccio behaviour for private packages; pass False
+        for an overlay, whose ``latest`` should stay the upstream's).
 
         Raises AlreadyPublished if the version exists or was unpublished,
         InvalidVersion / InvalidName / InvalidInput for malformed input.
@@ -344,7 +357,8 @@ class PackageStore:
                     meta.maintainers = [dict(user)] if user else []
                 meta.created = meta.created or now
                 meta.dist_tags.update({t: v for t, v in tags.items() if v in pkg.docs and v not in meta.unpublished})
-                meta.dist_tags.setdefault("latest", version)
+                if default_latest:
+                    meta.dist_tags.setdefault("latest", version)
                 meta.rev += 1
                 meta.modified = now
                 pkg.meta = meta

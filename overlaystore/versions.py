@@ -107,7 +107,7 @@ def version_key(raw: str) -> tuple[Any, ...]:
 
 def is_valid(raw: str) -> bool:
     """True if ``raw`` is SemVer 2.0 (loosely: no npm-specific limits)."""
-    return version_key(raw)[0] == _VALID
+    return bool(version_key(raw)[0] == _VALID)
 
 
 def sort_versions(vs: Iterable[str]) -> list[str]:
@@ -118,7 +118,7 @@ def sort_versions(vs: Iterable[str]) -> list[str]:
 def is_prerelease(v: str) -> bool:
     """True if ``v`` is a valid version with a prerelease part (``1.0.0-rc.1``)."""
     key = version_key(v)
-    return key[0] == _VALID and key[4] == _PRERELEASE
+    return bool(key[0] == _VALID and key[4] == _PRERELEASE)
 
 
 def highest(vs: Iterable[str], *, prefer_stable: bool = True) -> str | None:

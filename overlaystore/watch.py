@@ -28,6 +28,11 @@ Invariants:
   vanished again between two polls). A root missing at :meth:`start` is
   waited for the same way. The watcher never creates a root itself (an
   operator restoring a backup with ``mv`` must find the path free).
+* Polling (``force_polling``) sees mtimes with one-second resolution, so a
+  change in the same second as the previous one can go unreported: every
+  name it reports is reported once more :data:`POLL_MTIME_GRANULARITY_S`
+  later, and one reset follows the initial scan by as much. Polling delays
+  are therefore up to ``poll_ms`` for most changes, ~1.3 s for such repeats.
 * Callbacks that raise are logged; the watcher keeps running.
 * :meth:`start` returns once every existing root is being watched;
   :meth:`stop` ends every task (via a stop event, not cancellation, so the
@@ -40,6 +45,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -58,6 +64,8 @@ DEFAULT_CHECK_MS = 1000
 #: Poll interval of the polling backend, and of waiting for a missing root.
 DEFAULT_POLL_MS = 100
 _MAX_BACKOFF_S = 1.0
+#: The polling backend's mtime resolution is one second (plus a margin).
+POLL_MTIME_GRANULARITY_S = 1.1
 
 
 def _name_of(prefix: str, path: str) -> tuple[str | None, str | None]:
@@ -169,6 +177,10 @@ class Watcher:
         self.resets = 0  # how many times on_reset was called (diagnostics)
 
     @property
+    def force_polling(self) -> bool:
+        return self._force_polling
+
+    @property
     def running(self) -> bool:
         return bool(self._tasks) and not all(t.done() for t in self._tasks)
 
@@ -272,24 +284,45 @@ class Watcher:
 
     async def _watch(self, root: str, identity: tuple[int, int], stop: asyncio.Event) -> None:
         """Watch ``root`` until stopped or until it vanishes or is replaced."""
+        polling = self._force_polling
         watch = awatch(
             root,
             watch_filter=None,
             debounce=self._debounce_ms,
             step=self._step_ms,
             stop_event=stop,
-            rust_timeout=self._check_ms,
+            # Polling needs timely wake-ups for its echoes (see below).
+            rust_timeout=min(self._check_ms, 250) if polling else self._check_ms,
             yield_on_timeout=True,
-            force_polling=self._force_polling,
+            force_polling=polling,
             poll_delay_ms=self._poll_ms,
             recursive=True,
             ignore_permission_denied=True,
         )
+        # The polling backend compares mtimes in whole seconds: a second
+        # change within the same second as the last one it saw (or as the
+        # initial scan) goes unreported. So, when polling, every reported name
+        # is reported again once that second is surely over, and the whole
+        # view is reset once after the initial scan.
+        echoes: dict[PackageName, float] = {}
+        reset_at = time.monotonic() + POLL_MTIME_GRANULARITY_S if polling else None
         async with contextlib.aclosing(watch):
             async for changes in watch:
                 root_gone = any(path == root and change == Change.deleted for change, path in changes)
                 names, lost = names_from_changes(root, changes)
-                log.debug("%s: %d changes -> %s%s %s", root, len(changes), names, " (lost)" if lost else "", sorted((c.name, p[len(root):]) for c, p in changes))
+                if changes:
+                    log.debug("%s: %d changes -> %s%s", root, len(changes), names, " (lost)" if lost else "")
+                if polling:
+                    now = time.monotonic()
+                    due = {name for name, at in echoes.items() if at <= now}
+                    for name in due:
+                        del echoes[name]
+                    for name in names:
+                        echoes[name] = now + POLL_MTIME_GRANULARITY_S
+                    names |= due
+                    if reset_at is not None and now >= reset_at:
+                        reset_at = None
+                        self._reset()
                 if names:
                     self._changed(names)
                 if lost and not root_gone:
@@ -303,6 +336,7 @@ __all__ = [
     "DEFAULT_DEBOUNCE_MS",
     "DEFAULT_POLL_MS",
     "DEFAULT_STEP_MS",
+    "POLL_MTIME_GRANULARITY_S",
     "Watcher",
     "names_from_changes",
     "names_from_paths",

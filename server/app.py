@@ -94,8 +94,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     app[VIEW] = view
     app[SOURCE] = source
-    app[TARBALLS] = TarballProxy(store, source, client)
-    app[DOCUMENTS] = Documents(store, view, source, config.policy, max_age_s=config.upstream.max_age_s)
+    tarballs = TarballProxy(store, source, client)
+    app[TARBALLS] = tarballs
+    app[DOCUMENTS] = Documents(store, view, source, config.policy)
     watcher: Watcher | None = None
     if config.watch.enabled:
 
@@ -115,6 +116,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     finally:
         if watcher is not None:
             await watcher.stop()
+        # In-flight upstream work first, then the session it runs on.
+        await tarballs.close()
+        await source.close()
         if client is not None:
             await client.close()
 

@@ -9,7 +9,7 @@ Coherence: the generation of a name is read *after* the upstream refresh (which
 may itself invalidate the name) and before the store is read, so a write that
 lands while we compose makes our fill a no-op instead of a stale entry. Entries
 built from upstream data expire with that data's freshness; a stale-if-error
-result is served but never cached.
+result is cached only briefly, and served with a warning.
 """
 
 from __future__ import annotations
@@ -58,14 +58,11 @@ class Documents:
         view: ComposedView,
         source: UpstreamSource,
         policy: NamePolicy,
-        *,
-        max_age_s: float,
     ) -> None:
         self._store = store
         self._view = view
         self._source = source
         self._policy = policy
-        self._max_age_s = max_age_s
 
     def classify(self, name: PackageName, fragment: PublishedFragment | None) -> Provenance:
         has_published = fragment is not None and (fragment.is_live or bool(fragment.unpublished))
@@ -86,14 +83,15 @@ class Documents:
         composed, generation = await self._compose(name)
         rendered = render(composed.doc, variant, public_url)
         upstream = composed.upstream
-        if upstream is not None and upstream.stale:
-            return rendered, Outcome.STALE
-        expires_at = None if upstream is None else upstream.fetched_at + self._max_age_s
+        # Entries made of upstream data live as long as that data is fresh; a
+        # stale-if-error result is kept only briefly (``expires_at`` says).
+        expires_at = None if upstream is None else upstream.expires_at
         if expires_at is None or expires_at > time.time():
             self._view.put(
                 name, variant, public_url, rendered, generation=generation, expires_at=expires_at
             )
-        return rendered, Outcome.MISS
+        outcome = Outcome.STALE if upstream is not None and upstream.stale else Outcome.MISS
+        return rendered, outcome
 
     async def _compose(self, name: PackageName) -> tuple[Composed, int]:
         generation = self._view.generation(name)

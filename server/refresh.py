@@ -56,7 +56,8 @@ from overlaystore.packages import PackageStore
 
 from .config import UpstreamConfig
 from .errors import UpstreamError, UpstreamUnavailable
-from .upstream import SingleFlight, UpstreamClient
+from .flight import SingleFlight
+from .upstream import UpstreamClient
 
 log = logging.getLogger("overlaystore.upstream")
 

@@ -47,7 +47,8 @@ from overlaystore.packages import PackageStore, TarballRef
 
 from .errors import UpstreamError
 from .refresh import DistInfo, UpstreamSource
-from .upstream import SingleFlight, UpstreamBody, UpstreamClient
+from .flight import SingleFlight
+from .upstream import UpstreamBody, UpstreamClient
 
 log = logging.getLogger("overlaystore.upstream")
 

@@ -32,148 +32,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import aiohttp
 import orjson
 from aiohttp import hdrs
 from yarl import URL
 
+from .breaker import BreakerState, CircuitBreaker
 from .config import UpstreamConfig
 from .errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from .flight import SingleFlight
 
 log = logging.getLogger("overlaystore.upstream")
 
-K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 
 USER_AGENT = "overlaystore/0.1"
 #: Statuses worth another attempt (npm retries the same ones).
 _RETRY_STATUSES = frozenset({408, 429})
 _CHUNK = 64 * 1024
-
-
-# --------------------------------------------------------------- single-flight
-
-
-class SingleFlight(Generic[K, T]):
-    """Concurrent callers with the same key share one execution.
-
-    The work runs in its own task, so a caller that is cancelled (a client that
-    hung up) neither cancels it for the others nor leaves it half done. The
-    entry disappears when the task finishes: later callers start afresh.
-    """
-
-    def __init__(self) -> None:
-        self._tasks: dict[K, asyncio.Task[T]] = {}
-
-    def running(self, key: K) -> asyncio.Task[T] | None:
-        return self._tasks.get(key)
-
-    def start(self, key: K, work: Awaitable[T]) -> asyncio.Task[T]:
-        """Run ``work`` as the flight for ``key`` (there must be none running)."""
-        assert key not in self._tasks, key
-        task: asyncio.Task[T] = asyncio.ensure_future(work)
-        self._tasks[key] = task
-        task.add_done_callback(lambda t: self._finished(key, t))
-        return task
-
-    async def do(self, key: K, work: Callable[[], Awaitable[T]]) -> T:
-        """``await work()``, or join the flight already running for ``key``."""
-        task = self._tasks.get(key)
-        if task is None:
-            task = self.start(key, work())
-        return await asyncio.shield(task)
-
-    def _finished(self, key: K, task: asyncio.Task[T]) -> None:
-        if self._tasks.get(key) is task:
-            del self._tasks[key]
-        if not task.cancelled():
-            task.exception()  # retrieved: every waiter may have gone away
-
-    def __len__(self) -> int:
-        return len(self._tasks)
-
-    async def cancel_all(self) -> None:
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-# ------------------------------------------------------------ circuit breaker
-
-
-class BreakerState(enum.Enum):
-    CLOSED = "closed"
-    OPEN = "open"
-    HALF_OPEN = "half_open"
-
-
-class CircuitBreaker:
-    """Closed → (``threshold`` consecutive failures) → open → (``reset_s``) →
-    half-open: one trial; its success closes, its failure re-opens.
-
-    A ``threshold`` below 1 disables the breaker.
-    """
-
-    def __init__(self, threshold: int, reset_s: float, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._threshold = threshold
-        self._reset_s = reset_s
-        self._clock = clock
-        self._state = BreakerState.CLOSED
-        self._failures = 0
-        self._opened_at = 0.0
-        self._trial = False
-        self.times_opened = 0
-
-    @property
-    def state(self) -> BreakerState:
-        if self._state is BreakerState.OPEN and self._clock() - self._opened_at >= self._reset_s:
-            return BreakerState.HALF_OPEN
-        return self._state
-
-    def acquire(self) -> None:
-        """Allow one attempt or raise :class:`UpstreamUnavailable`."""
-        if self._state is BreakerState.CLOSED:
-            return
-        if self.state is BreakerState.HALF_OPEN and not self._trial:
-            self._state = BreakerState.HALF_OPEN
-            self._trial = True
-            return
-        wait = max(0.0, self._opened_at + self._reset_s - self._clock())
-        raise UpstreamUnavailable(f"upstream circuit breaker is open (next trial in {wait:.0f}s)")
-
-    def success(self) -> None:
-        if self._state is not BreakerState.CLOSED:
-            log.info("upstream circuit breaker closed")
-        self._state = BreakerState.CLOSED
-        self._failures = 0
-        self._trial = False
-
-    def failure(self) -> None:
-        self._failures += 1
-        if self._threshold < 1:
-            return
-        if self._state is BreakerState.HALF_OPEN or (
-            self._state is BreakerState.CLOSED and self._failures >= self._threshold
-        ):
-            if self._state is BreakerState.CLOSED:
-                log.warning("upstream circuit breaker opened after %d consecutive failures", self._failures)
-            self._state = BreakerState.OPEN
-            self._opened_at = self._clock()
-            self._trial = False
-            self.times_opened += 1
-
-    def release(self) -> None:
-        """The attempt ended without a verdict (cancelled): free the trial slot."""
-        self._trial = False
 
 
 # ------------------------------------------------------------------- values

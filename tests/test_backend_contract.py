@@ -313,6 +313,18 @@ class TestFileBackend(OnFile, BackendContract):
             assert not waiter.done()
         await asyncio.wait_for(waiter, timeout=5)
 
+    async def test_cancelled_cross_instance_wait_does_not_leak_the_lock(self, tmp_path: Path) -> None:
+        a, b = FileBackend(tmp_path / "s"), FileBackend(tmp_path / "s")
+        async with a.lock("p"):
+            waiter = asyncio.create_task(_enter(b, "p"))
+            await asyncio.sleep(0.1)  # b now blocks in its flock thread
+            waiter.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiter
+        # b's thread gets the lock after a lets go, sees nobody waits, gives it back.
+        await asyncio.wait_for(_enter(a, "p"), timeout=5)
+        await asyncio.wait_for(_enter(b, "p"), timeout=5)
+
 
 class TestMemoryBackend(OnMemory, BackendContract):
     async def test_no_local_path(self, backend: Backend) -> None:

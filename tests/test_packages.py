@@ -291,8 +291,8 @@ async def test_maintainers(store: PackageStore) -> None:
         await store.set_maintainers(W, [{"email": "x"}])
     # a later publish by someone else does not touch the maintainer list
     await store.publish(W, "1.0.1", manifest(W, "1.0.1", b"x"), b"x", tags={}, user={"name": "carol"})
-    fragment = await store.fragment(W)
-    assert fragment is not None and fragment.maintainers == (ALICE, bob)
+    latest = await store.fragment(W)
+    assert latest is not None and latest.maintainers == (ALICE, bob)
 
 
 async def test_stars(store: PackageStore) -> None:
@@ -372,25 +372,54 @@ async def test_version_file_without_metadata_is_live(store: PackageStore) -> Non
                   orjson.dumps({"time": "2026-01-01T00:00:00.000Z", "manifest": manifest(W, "1.0.0", data)}))
     fragment = await store.fragment(W)
     assert fragment is not None and list(fragment.versions) == ["1.0.0"]
-    assert fragment.dist_tags == {"latest": "1.0.0"}
+    assert fragment.dist_tags == {}  # not invented: compose() picks latest
     assert fragment.created == "2026-01-01T00:00:00.000Z"
     assert fragment.maintainers == (ALICE,)  # from _npmUser
     assert await store.tarball(W, "widget-1.0.0.tgz") is not None
     with pytest.raises(AlreadyPublished):
         await publish(store, W, "1.0.0")
-    # a later crash of the same kind: latest fixed up to the highest stable
+    # the next publish writes the metadata, with a latest
+    fragment = await publish(store, W, "1.0.1", tags={})
+    assert fragment.dist_tags == {"latest": "1.0.1"} and fragment.maintainers == (ALICE,)
+    # a later crash of the same kind: the version is live, the tags stay as they were
     for v in ("1.1.0", "2.0.0-rc.1"):
         data = tgz(W, v)
         await pub.put(f"@acme/widget/widget-{v}.tgz", data)
         await pub.put(f"@acme/widget/versions/{v}.json",
-                      orjson.dumps({"time": "2026-01-02T00:00:00.000Z", "manifest": manifest(W, v, data)}))
+                      orjson.dumps({"time": "2099-01-02T00:00:00.000Z", "manifest": manifest(W, v, data)}))
     fragment = await store.fragment(W)
-    assert fragment is not None and fragment.dist_tags == {"latest": "1.1.0"}
-    assert fragment.modified == "2026-01-02T00:00:00.000Z"
+    assert fragment is not None and list(fragment.versions) == ["1.0.0", "1.0.1", "1.1.0", "2.0.0-rc.1"]
+    assert fragment.dist_tags == {"latest": "1.0.1"}
+    assert fragment.modified == "2099-01-02T00:00:00.000Z"
     # the next write persists the normalised metadata
     await store.set_star(W, "bob", True)
     meta = orjson.loads(await pub.get("@acme/widget/package-meta.json") or b"")
-    assert meta["dist-tags"] == {"latest": "1.1.0"} and meta["maintainers"] == [ALICE]
+    assert meta["dist-tags"] == {"latest": "1.0.1"} and meta["maintainers"] == [ALICE]
+    assert meta["modified"] > "2099"
+
+
+async def test_dangling_latest_moves_to_highest_live(store: PackageStore) -> None:
+    await publish(store, W, "1.0.0")
+    await publish(store, W, "1.1.0", tags={})
+    await publish(store, W, "2.0.0-rc.1", tags={})
+    meta = orjson.loads(await store.layered.published.get("@acme/widget/package-meta.json") or b"")
+    meta["dist-tags"] = {"latest": "9.9.9", "x": "8.8.8", "y": "1.0.0"}  # e.g. an operator's edit
+    async with store.layered.published.transaction(W) as txn:
+        await txn.replace_meta(orjson.dumps(meta))
+    fragment = await store.fragment(W)
+    assert fragment is not None and fragment.dist_tags == {"y": "1.0.0", "latest": "1.1.0"}
+
+
+async def test_publish_without_default_latest(store: PackageStore) -> None:
+    # An overlay: the upstream's latest must keep winning unless tagged here.
+    data = tgz(P, "4.17.21-acme.1")
+    fragment = await store.publish(P, "4.17.21-acme.1", manifest(P, "4.17.21-acme.1", data), data,
+                                   tags={"acme": "4.17.21-acme.1"}, user=ALICE, default_latest=False)
+    assert fragment.dist_tags == {"acme": "4.17.21-acme.1"}
+    fragment = await store.set_star(P, "bob", True)
+    assert fragment.dist_tags == {"acme": "4.17.21-acme.1"}
+    fragment = await publish(store, P, "4.17.22-acme.1", tags={"latest": "4.17.22-acme.1"})
+    assert fragment.dist_tags == {"acme": "4.17.21-acme.1", "latest": "4.17.22-acme.1"}
 
 
 async def test_open_directories_recovers(tmp_path: Path) -> None:

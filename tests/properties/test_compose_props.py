@@ -81,7 +81,8 @@ def cases(draw: st.DrawFn, min_versions: int = 0, max_versions: int = 12) -> Cas
     hidden_vs = draw(st.lists(st.sampled_from(up_vs + ["99.0.0"]), max_size=3, unique=True)) if up_vs else []
     hidden_vs = [v for v in hidden_vs if v not in pub_vs]
     upstream: dict[str, Any] | None = None
-    if up_vs or draw(st.booleans()):
+    with_upstream: bool = bool(up_vs) or draw(st.booleans())
+    if with_upstream:
         up_time: dict[str, Any] = {v: draw(_stamps) for v in up_vs if draw(st.integers(0, 9))}  # some missing
         if draw(st.booleans()):
             up_time["created"] = draw(_stamps)

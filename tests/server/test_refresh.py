@@ -141,7 +141,8 @@ async def test_never_seen_404(make_env: Any) -> None:
 
 @pytest.mark.parametrize("failure", ["503", "down", "timeout", "html"])
 async def test_stale_if_error(make_env: Any, failure: str, caplog: pytest.LogCaptureFixture) -> None:
-    env: Env = await make_env(timeout_s=0.2)
+    # A short timeout only where it is the point: ordinary requests under load must not hit it.
+    env: Env = await make_env(timeout_s=1.0 if failure == "timeout" else 10.0)
     env.fake.add_package("left-pad", ["1.0.0"])
     first = await env.source.packument(N("left-pad"))
     assert first is not None
@@ -151,7 +152,7 @@ async def test_stale_if_error(make_env: Any, failure: str, caplog: pytest.LogCap
     elif failure == "down":
         await env.fake.stop()
     elif failure == "timeout":
-        env.fake.latency = 1.0
+        env.fake.latency = 5.0  # the handler is cancelled when the client gives up
     else:
         env.fake.html_body()
     with caplog.at_level(logging.WARNING, logger="overlaystore.upstream"):
@@ -167,12 +168,12 @@ async def test_stale_if_error(make_env: Any, failure: str, caplog: pytest.LogCap
 
 @pytest.mark.parametrize(("failure", "error"), [("503", UpstreamError), ("timeout", UpstreamTimeout), ("html", UpstreamError)])
 async def test_error_without_a_copy_raises(make_env: Any, failure: str, error: type[Exception]) -> None:
-    env: Env = await make_env(timeout_s=0.2)
+    env: Env = await make_env(timeout_s=0.3)
     env.fake.add_package("left-pad", ["1.0.0"])
     if failure == "503":
         env.fake.fail_next(1, status=503)
     elif failure == "timeout":
-        env.fake.latency = 1.0
+        env.fake.latency = 5.0  # the handler is cancelled when the client gives up
     else:
         env.fake.html_body()
     with pytest.raises(error):

@@ -264,7 +264,7 @@ async def test_leader_hanging_up_does_not_stop_the_download(make_env: Factory) -
 
 
 async def test_upstream_statuses(make_env: Factory) -> None:
-    env = await make_env(timeout_s=0.3)
+    env = await make_env(timeout_s=1.0)
     pkg = env.fake.add_package("left-pad", ["1.0.0", "1.1.0", "1.2.0"])
     del pkg.tarballs["1.0.0"]  # listed, but the file is gone upstream
     resp = await env.get("left-pad", "1.0.0")
@@ -272,7 +272,7 @@ async def test_upstream_statuses(make_env: Factory) -> None:
     env.fake.fail_next(1, status=500, path=env.path("left-pad", "1.1.0"))
     resp = await env.get("left-pad", "1.1.0")
     assert resp.status == 502
-    env.fake.set_latency(1.0, path=env.path("left-pad", "1.2.0"))
+    env.fake.set_latency(5.0, path=env.path("left-pad", "1.2.0"))
     resp = await env.get("left-pad", "1.2.0")
     assert resp.status == 504
     for version in ("1.0.0", "1.1.0", "1.2.0"):

@@ -18,7 +18,9 @@ import pytest
 
 from server.config import UpstreamConfig
 from server.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
-from server.upstream import BreakerState, CircuitBreaker, SingleFlight, UpstreamClient
+from server.breaker import BreakerState, CircuitBreaker
+from server.flight import SingleFlight
+from server.upstream import UpstreamClient
 from tests.fakes.upstream import ABBREVIATED, FakeUpstream, make_tarball, sri_sha512
 
 
@@ -221,7 +223,7 @@ async def test_truncation_without_retries_is_an_error(fake_upstream: FakeUpstrea
 
 async def test_timeout(fake_upstream: FakeUpstream, make_client: Any) -> None:
     fake_upstream.add_package("left-pad")
-    fake_upstream.latency = 1.0
+    fake_upstream.latency = 5.0
     client = await make_client(timeout_s=0.2)
     with pytest.raises(UpstreamTimeout):
         await client.fetch_packument("left-pad")
@@ -401,7 +403,7 @@ async def test_tarball_broken_mid_body(fake_upstream: FakeUpstream, make_client:
 
 async def test_tarball_stall_times_out(fake_upstream: FakeUpstream, make_client: Any) -> None:
     fake_upstream.add_package("left-pad", ["1.0.0"])
-    fake_upstream.latency = 1.0
+    fake_upstream.latency = 5.0
     client = await make_client(timeout_s=0.2)
     with pytest.raises(UpstreamTimeout):
         async with client.open_tarball(fake_upstream.tarball_url("left-pad", "1.0.0")):
