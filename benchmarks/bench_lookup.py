@@ -458,12 +458,16 @@ def main(argv: Sequence[str]) -> int:
                              "~25,000 files on a journaling disk takes minutes; reads are page-cache hits either way)")
     args = parser.parse_args(list(argv))
     results = asyncio.run(run(args))
-    if args.json:
-        info = machine()
-        for r in results:
-            print(json.dumps({**asdict(r), "machine": info}))
-    else:
-        print_table(results)
+    try:
+        if args.json:
+            info = machine()
+            for r in results:
+                print(json.dumps({**asdict(r), "machine": info}))
+        else:
+            print_table(results)
+        sys.stdout.flush()
+    except BrokenPipeError:  # piped into head & co.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -67,7 +67,13 @@ async def _publish(request: web.Request, name: PackageName, body: Mapping[str, A
     files = await asyncio.to_thread(tarball_members, checked.tarball)
     user = {"name": who.name, "email": who.email or ""}
     manifest = server_fields(checked.manifest, files, user)
-    await store.publish(name, checked.version, manifest, checked.tarball, tags=checked.tags, user=user)
+    # An overlay must not take `latest` from the upstream just by adding a
+    # patched version: only an explicit `latest` tag (npm's default) moves it.
+    overlaid = request.app[POLICY].rule_for(name).proxy is ProxyMode.OVERLAY
+    await store.publish(
+        name, checked.version, manifest, checked.tarball,
+        tags=checked.tags, user=user, default_latest=not overlaid,
+    )
     log.info("published %s@%s by %s", name, checked.version, who.name)
     return _ok(201, id=name, rev=await _rev(request, name))
 
