@@ -23,17 +23,25 @@ _CACHE_CONTROL = "no-cache"
 _VARY = "Accept, Accept-Encoding"
 
 
+def _gzip_etag(etag: str) -> str:
+    """A strong ETag names one representation: the gzip bytes get their own."""
+    return etag[:-1] + '-gz"'
+
+
 def _etag_matches(request: web.Request, etag: str) -> bool:
     header = request.headers.get("If-None-Match")
     if not header:
         return False
     candidates = {tag.strip().removeprefix("W/") for tag in header.split(",")}
-    return etag in candidates or "*" in candidates
+    # Either encoding's tag proves the client holds this version of the document.
+    return bool(candidates & {etag, _gzip_etag(etag), "*"})
 
 
 def _respond(request: web.Request, rendered: Rendered, variant: Variant, outcome: Outcome) -> web.Response:
+    gzipped = accepts_gzip(request)
+    etag = _gzip_etag(rendered.etag) if gzipped else rendered.etag
     headers = {
-        "ETag": rendered.etag,
+        "ETag": etag,
         "Vary": _VARY,
         "Cache-Control": _CACHE_CONTROL,
         "X-Overlaystore-Cache": outcome.value,
@@ -46,7 +54,7 @@ def _respond(request: web.Request, rendered: Rendered, variant: Variant, outcome
     if _etag_matches(request, rendered.etag):
         return web.Response(status=304, headers=headers)
     content_type = ABBREVIATED_TYPE if variant is Variant.ABBREVIATED else "application/json"
-    if accepts_gzip(request):
+    if gzipped:
         headers["Content-Encoding"] = "gzip"
         body = rendered.gzip
     else:

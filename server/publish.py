@@ -178,6 +178,9 @@ def server_fields(manifest: Mapping[str, Any], tarball_files: set[str], user: Ma
     """The version manifest as stored: the client's, plus the fields the
     registry computes (who published, install scripts, shrinkwrap)."""
     out = dict(manifest)
+    # Deprecation lives in the package metadata (npm deprecate), never in the
+    # write-once manifest, where it could not be undone.
+    out.pop("deprecated", None)
     out["_npmUser"] = dict(user)
     scripts = manifest.get("scripts")
     has_script = isinstance(scripts, dict) and any(s in scripts for s in _INSTALL_SCRIPTS)

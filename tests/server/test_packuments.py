@@ -112,3 +112,20 @@ async def test_ping_and_unknown_endpoints(registry: Registry) -> None:
     assert resp.status == 404 and "error" in await resp.json()
     audit = await registry.client.post("/-/npm/v1/security/advisories/bulk", json={"foo": ["1.0.0"]})
     assert audit.status == 200 and await audit.json() == {}
+
+
+async def test_gzip_has_its_own_etag_and_both_revalidate(published: Registry) -> None:
+    c = published.client
+    plain = await c.get("/foo", headers={"Accept-Encoding": "identity"})
+    zipped = await c.get("/foo", headers={"Accept-Encoding": "gzip"}, auto_decompress=False)
+    assert plain.headers["ETag"] != zipped.headers["ETag"]
+    for tag in (plain.headers["ETag"], zipped.headers["ETag"]):
+        again = await c.get("/foo", headers={"If-None-Match": tag, "Accept-Encoding": "gzip"})
+        assert again.status == 304
+
+
+async def test_deprecated_in_a_publish_body_is_not_stored(registry: Registry) -> None:
+    body = publish_body("dep", "1.0.0", manifest={"deprecated": "sneaky"})
+    assert (await registry.client.put("/dep", json=body, headers=registry.auth("alice"))).status == 201
+    doc = await (await registry.client.get("/dep")).json()
+    assert "deprecated" not in doc["versions"]["1.0.0"]
