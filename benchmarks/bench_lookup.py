@@ -9,11 +9,26 @@ packages with 10 / 300 / 3,000 upstream versions, the last one ~10 MB), then
 measures, each as p50/p99 over many runs:
 
 * ``lru_hit``: :meth:`ComposedView.get` of a cached rendering;
-* ``compose_{small,medium,huge}``: a miss, as the server does it: read the
-  published fragment and the cached upstream packument through
-  :class:`PackageStore` (FileBackend), parse, :func:`compose`, :func:`render`
-  (full form, with gzip), ``put`` into the view; ``huge.*`` rows split the
-  huge case into its stages;
+  ``lru_hit_workers`` the same with change counters (several workers: one
+  more shared-memory load per hit);
+* ``compose_{small,medium,huge}``: the issue's "compose-and-serialize" miss,
+  as the server runs it after an invalidation that left the upstream body
+  unchanged (a publish, another variant, an LRU eviction, a 304):
+  ``Documents.composed`` (published fragment read twice, cached upstream
+  packument read through :class:`PackageStore` (FileBackend), its parse
+  found in the source's parsed cache, :func:`compose`) + :func:`serialize`
+  (full form, pre-serialized upstream versions spliced, ETag); gzip
+  excluded (the ``gzip_*`` rows);
+* ``miss_warm_{size}``: the whole server miss of the same kind,
+  ``Documents.rendered`` after ``view.invalidate``: the above plus gzip, the
+  worker-thread hop (>= 100 versions) and the view ``put``;
+* ``miss_cold_{size}``: the same after an upstream change (the parsed entry
+  dropped): read, parse, compose, building the pre-serialized versions,
+  serialize, gzip, put: nothing skipped;
+* ``huge.*`` rows split the huge case into its stages (``render_full_plain``:
+  render without the parsed cache's fragments, the pre-2026-11-25 path);
+  ``gc_full_collect``: one ``gc.collect()`` while the parsed cache holds the
+  three bench documents (what keeping parsed documents costs the cyclic GC);
 * ``gzip_{small,medium,huge}``: gzip of the rendered body on its own;
 * ``tarball_*``: :meth:`LayeredStore.lookup` / ``locate`` of tarball keys
   over the whole store (published hit, fall-through to the cache, miss);
@@ -49,11 +64,17 @@ from typing import Any
 import orjson
 
 from overlaystore._types import PackageName
+from overlaystore.changes import ChangeCounters
 from overlaystore.compose import compose
-from overlaystore.packages import PackageStore
-from overlaystore.render import Variant, gzip_bytes, render
+from overlaystore.packages import PackageStore, packument_digest
+from overlaystore.policy import DEFAULT_RULE, NamePolicy, PackageRule, ProxyMode
+from overlaystore.prepared import PreparedUpstream
+from overlaystore.render import Variant, gzip_bytes, render, serialize
 from overlaystore.view import ComposedView
 from overlaystore.watch import Watcher
+from server.config import UpstreamConfig
+from server.documents import Documents
+from server.refresh import UpstreamSource
 
 URL = "http://127.0.0.1:4873"
 SIZES = {"small": 10, "medium": 300, "huge": 3000}
@@ -189,7 +210,8 @@ def write_cached(cache: Path, name: str, doc: dict[str, Any], *, meta: bool = Tr
     body = orjson.dumps(doc)
     _write(cache / name / "packument.json", body)
     if meta:  # without one the packument reads as "fetched at 0": fine for lookups
-        _write(cache / name / "packument.meta", orjson.dumps({"fetched_at": time.time(), "etag": '"x"'}))
+        _write(cache / name / "packument.meta", orjson.dumps({"fetched_at": time.time(), "etag": '"x"',
+                                                              "body_xxh3": packument_digest(body)}))
     return body
 
 
@@ -275,29 +297,7 @@ async def run(args: argparse.Namespace) -> list[Result]:
         results.append(summarize("raw_thread_hop", await measure_async(
             lambda: asyncio.to_thread(sample.read_bytes), runs(3000)), "asyncio.to_thread(read)"))
 
-        # The miss path, per size.
-        async def miss(name: str) -> None:
-            generation = view.generation(name)
-            fragment = await store.fragment(PackageName(name))
-            cached = await store.cached_packument(PackageName(name))
-            upstream = orjson.loads(cached.body) if cached is not None else None
-            rendered = render(compose(PackageName(name), fragment, upstream), Variant.FULL, URL)
-            view.put(name, Variant.FULL, URL, rendered, generation=generation)
-
-        bodies = {}
-        for label, n in (("small", 300), ("medium", 60), ("huge", 15)):
-            name = f"bench-{label}"
-            samples = await measure_async(lambda name=name: miss(name), runs(n),  # type: ignore[misc]
-                                          before=lambda name=name: view.invalidate(name))  # type: ignore[misc]
-            await miss(name)
-            hit = view.get(name, Variant.FULL, URL)
-            assert hit is not None
-            bodies[label] = hit.body
-            results.append(summarize(f"compose_{label}", samples,
-                                     f"{SIZES[label]} versions, upstream {fx.sizes[label] / 1e6:.2f} MB, "
-                                     f"body {hit.size / 1e6:.2f} MB, gzip {len(hit.gzip) / 1e6:.2f} MB"))
-
-        # Stages of the huge case (parse first, while no other parsed copy is
+        # Stages of the huge case first (parse while no other parsed copy is
         # alive: the cyclic GC's full collections scan every live object).
         name = PackageName("bench-huge")
         fragment = await store.fragment(name)
@@ -305,9 +305,11 @@ async def run(args: argparse.Namespace) -> list[Result]:
         assert cached is not None
         n = runs(15)
         results.append(summarize("huge.read", await measure_async(
-            lambda: asyncio.gather(store.fragment(name), store.cached_packument(name)), n)))
+            lambda: asyncio.gather(store.fragment(name), store.cached_packument(name)), n),
+            "fragment + cached packument (+ its xxh3)"))
         gc.collect()
-        results.append(summarize("huge.parse", measure(lambda: orjson.loads(cached.body), n)))
+        results.append(summarize("huge.parse", measure(lambda: orjson.loads(cached.body), n),
+                                 "cold misses only"))
         gc.disable()
         try:
             results.append(summarize("huge.parse_gc_disabled", measure(lambda: orjson.loads(cached.body), n),
@@ -317,10 +319,70 @@ async def run(args: argparse.Namespace) -> list[Result]:
         upstream = orjson.loads(cached.body)
         doc = compose(name, fragment, upstream)
         results.append(summarize("huge.compose", measure(lambda: compose(name, fragment, upstream), n)))
-        results.append(summarize("huge.render_full", measure(lambda: render(doc, Variant.FULL, URL), n)))
-        results.append(summarize("huge.render_abbreviated", measure(
+        results.append(summarize("huge.prepare_full", measure(
+            lambda: PreparedUpstream(name, upstream).fragments("full"), n),
+            "pre-serializing the upstream versions, cold misses only"))
+        prepared = PreparedUpstream(name, upstream)
+        results.append(summarize("huge.serialize_full", measure(
+            lambda: serialize(doc, Variant.FULL, URL, upstream=prepared), n),
+            "spliced, with ETag: what a warm miss serializes"))
+        results.append(summarize("huge.serialize_abbreviated", measure(
+            lambda: serialize(doc, Variant.ABBREVIATED, URL, upstream=prepared), n), "spliced, with ETag"))
+        results.append(summarize("huge.render_full_plain", measure(lambda: render(doc, Variant.FULL, URL), n),
+                                 "no fragments: rewrite + serialize + gzip + ETag"))
+        results.append(summarize("huge.render_abbreviated_plain", measure(
             lambda: render(doc, Variant.ABBREVIATED, URL), n)))
-        results.append(summarize("huge.serialize_only", measure(lambda: orjson.dumps(doc), n)))
+        results.append(summarize("huge.serialize_only", measure(lambda: orjson.dumps(doc), n),
+                                 "orjson.dumps of the composed document"))
+        del upstream, doc, prepared
+        gc.collect()
+
+        # The miss path, per size, as the server runs it (the no-upstream
+        # UpstreamSource reads the cache only; online, a fresh copy takes the
+        # same path).
+        source = UpstreamSource(store, None, UpstreamConfig(url=None))
+        policy = NamePolicy(rules=(PackageRule(pattern="bench-*", proxy=ProxyMode.OVERLAY), DEFAULT_RULE))
+        documents = Documents(store, view, source, policy)
+
+        async def compose_and_serialize(name: str) -> None:
+            composed = await documents.composed(PackageName(name))
+            prepared = composed.upstream.prepared if composed.upstream is not None else None
+            serialize(composed.doc, Variant.FULL, URL, upstream=prepared)
+
+        async def miss(name: str) -> None:
+            await documents.rendered(PackageName(name), Variant.FULL, URL)
+
+        miss_runs = {"small": 300, "medium": 100, "huge": 40}
+        bodies = {}
+        for label, n in miss_runs.items():
+            name = f"bench-{label}"
+            await miss(name)  # parsed and prepared once, as by an earlier request
+            samples = await measure_async(lambda name=name: compose_and_serialize(name), runs(n))  # type: ignore[misc]
+            hit = view.get(name, Variant.FULL, URL)
+            assert hit is not None
+            bodies[label] = hit.body
+            results.append(summarize(f"compose_{label}", samples,
+                                     f"{SIZES[label]} versions, upstream {fx.sizes[label] / 1e6:.2f} MB, "
+                                     f"body {hit.size / 1e6:.2f} MB, gzip {len(hit.gzip) / 1e6:.2f} MB"))
+        for label, n in miss_runs.items():
+            name = f"bench-{label}"
+            results.append(summarize(f"miss_warm_{label}", await measure_async(
+                lambda name=name: miss(name), runs(n),  # type: ignore[misc]
+                before=lambda name=name: view.invalidate(name)),  # type: ignore[misc]
+                "+ gzip, thread hop, view put"))
+        for label, n in (("small", 100), ("medium", 30), ("huge", 10)):
+            name = f"bench-{label}"
+
+            def upstream_changed(name: str = name) -> None:
+                view.invalidate(name)
+                source.parsed_cache.drop(name)
+
+            results.append(summarize(f"miss_cold_{label}", await measure_async(
+                lambda name=name: miss(name), runs(n), before=upstream_changed),  # type: ignore[misc]
+                "after an upstream change: + parse, pre-serializing"))
+        parsed = source.parsed_cache.stats
+        results.append(summarize("gc_full_collect", measure(gc.collect, runs(10)),
+                                 f"parsed cache: {parsed.entries} documents, {parsed.bytes / 2**20:.0f} MiB (estimate)"))
 
         for label, runs_n in (("small", 300), ("medium", 60), ("huge", 10)):
             body = bodies[label]
@@ -335,6 +397,14 @@ async def run(args: argparse.Namespace) -> list[Result]:
         hit_name = "bench-medium"
         results.append(summarize("lru_hit", measure(lambda: view.get(hit_name, Variant.FULL, URL), runs(100_000))))
         results.append(summarize("lru_miss", measure(lambda: view.get("absent", Variant.FULL, URL), runs(100_000))))
+        # The same hit with several workers: the entry's change counter is checked.
+        with ChangeCounters(Path(tmp) / "changes") as changes:
+            shared = ComposedView(changes=changes)
+            shared.put(hit_name, Variant.FULL, URL, view.get(hit_name, Variant.FULL, URL),  # type: ignore[arg-type]
+                       generation=shared.generation(hit_name))
+            results.append(summarize("lru_hit_workers", measure(lambda: shared.get(hit_name, Variant.FULL, URL),
+                                                                runs(100_000)), "with change counters (--workers N)"))
+            assert shared.stats.misses == 0
 
         # Tarball keys over the whole store.
         layered = store.layered

@@ -10,6 +10,7 @@ from __future__ import annotations
 from ._types import JSONObject, PackageName, Version
 from .backend import Backend, BlobInfo, BlobWriter
 from .cache import CachedPackument, CacheLayer, CacheMeta, GCReport, WipeReport
+from .changes import ChangeCounters
 from .compose import abbreviate, compose
 from .disk import FileBackend
 from .errors import (
@@ -45,6 +46,7 @@ __all__ = [
     "CacheLayer",
     "CacheMeta",
     "CachedPackument",
+    "ChangeCounters",
     "ComposedView",
     "Conflict",
     "FileBackend",

@@ -179,7 +179,13 @@ class AtomicFile:
         self._discard()
 
     def _discard(self) -> None:
-        self._file.close()
+        try:
+            # close() flushes what is still buffered; on a full disk that
+            # fails again (the fd is closed all the same). The bytes are being
+            # thrown away: the temp file must go, or it keeps the space taken.
+            self._file.close()
+        except OSError:
+            pass
         try:
             os.unlink(self._temp)
         except FileNotFoundError:

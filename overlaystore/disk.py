@@ -126,6 +126,11 @@ class FileBackend:
     async def recover(self) -> RecoveryReport:
         return await self._io("recovering", _recover, self._root)
 
+    async def check_writable(self) -> None:
+        """Create and remove a hidden probe file in the root (created if
+        missing); raises StorageError if either fails. For readiness checks."""
+        await self._io("checking that the store is writable", _probe, self._root)
+
     # --- locking
 
     @contextlib.asynccontextmanager
@@ -366,6 +371,18 @@ def _recover(root: Path) -> RecoveryReport:
     root.mkdir(parents=True, exist_ok=True)
     (root / LOCK_DIR).mkdir(exist_ok=True)
     return atomic.recover(root)
+
+
+def _probe(root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    # A temp-file name: recovery removes it should we die between the two steps.
+    path = root / atomic.temp_name("probe")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, b"probe")
+    finally:
+        os.close(fd)
+        os.unlink(path)
 
 
 def _open_lock_file(path: Path) -> int:

@@ -19,7 +19,7 @@ from typing import Literal
 
 from .cache import CacheLayer
 from .disk import FileBackend
-from .errors import InvalidInput
+from .errors import InvalidInput, OverlayStoreError
 from .published import PublishedLayer
 
 LayerName = Literal["published", "cache"]
@@ -116,6 +116,22 @@ class LayeredStore:
             return Location(key, "cache", info.size, self._cache.local_path(key))
         self._hits["miss"] += 1
         return None
+
+    async def writable(self) -> dict[LayerName, str | None]:
+        """For each layer, None if its backend can create and remove a file
+        (its optional ``check_writable()``; backends without one count as
+        writable), else why not. For readiness checks; no key is touched."""
+        out: dict[LayerName, str | None] = {}
+        for name, backend in (("published", self._published.backend), ("cache", self._cache.backend)):
+            check = getattr(backend, "check_writable", None)
+            try:
+                if check is not None:
+                    await check()
+            except OverlayStoreError as exc:
+                out[name] = str(exc) or type(exc).__name__
+            else:
+                out[name] = None
+        return out
 
 
 def check_roots_apart(published: PublishedLayer, cache: CacheLayer) -> None:

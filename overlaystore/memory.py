@@ -122,6 +122,10 @@ class MemoryBackend:
     async def recover(self) -> RecoveryReport:
         return RecoveryReport()
 
+    async def check_writable(self) -> None:
+        """Always writable (see :meth:`FileBackend.check_writable`)."""
+        await asyncio.sleep(0)
+
 
 def _parents(key: str) -> Iterable[str]:
     parts = key.split("/")

@@ -41,18 +41,20 @@ ETag with the wrong bytes), ``<name>/<basename>-<version>.tgz``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import xxhash
 
 from ._types import JSONObject, PackageName
+from .atomic import translate
 from .backend import BlobWriter, check_key
 from .cache import CachedPackument, CacheLayer, CacheMeta
 from .errors import AlreadyPublished, InvalidInput, NotFound, StorageError
@@ -107,6 +109,21 @@ class TarballRef:
         if data is None:
             raise NotFound(f"{self.key} is no longer stored")
         return data
+
+    async def open(self) -> BinaryIO | None:
+        """The local file opened for reading, or None if there is no local
+        path or the file vanished meanwhile (a cache wipe or GC). Once open,
+        the bytes stay readable whole even if the file is removed: serve from
+        this, not from ``path``, when the layer may delete under you."""
+        if self.path is None:
+            return None
+        path = self.path
+        try:
+            return await asyncio.to_thread(open, path, "rb")
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise translate(exc, f"opening {self.key}") from exc
 
 
 @dataclass(slots=True)
@@ -304,6 +321,7 @@ class PackageStore:
         tags: Mapping[str, str],
         user: Mapping[str, str],
         default_latest: bool = True,
+        published_at: datetime | None = None,
     ) -> PublishedFragment:
         """Publish one version (see the module docstring for the protocol).
 
@@ -311,6 +329,10 @@ class PackageStore:
         if ``default_latest`` and the package has no ``latest``, it is set to
         this version (npm/Verdaccio behaviour for private packages; pass False
         for an overlay, whose ``latest`` should stay the upstream's).
+
+        ``published_at`` (an import from another registry) is recorded as the
+        version's publish time instead of now; ``created`` becomes the
+        earliest version time, ``modified`` stays the time of this write.
 
         Raises AlreadyPublished if the version exists or was unpublished,
         InvalidVersion / InvalidName / InvalidInput for malformed input.
@@ -348,14 +370,16 @@ class PackageStore:
                     # version is in flight). It was never served: replace it.
                     await txn.replace_orphan(tkey, bytes(tarball))
                 now = self._now()
-                doc: JSONObject = {"time": now, "manifest": manifest}
-                doc_json = b'{"time":' + orjson.dumps(now) + b',"manifest":' + manifest_json + b"}"
+                stamp = now if published_at is None else isoformat(published_at)
+                doc: JSONObject = {"time": stamp, "manifest": manifest}
+                doc_json = b'{"time":' + orjson.dumps(stamp) + b',"manifest":' + manifest_json + b"}"
                 await self._published.put(vkey, doc_json)  # the commit point
                 first = pkg.meta is None
                 pkg.docs[version] = doc
                 if first and not meta.maintainers:
                     meta.maintainers = [dict(user)] if user else []
-                meta.created = meta.created or now
+                if not meta.created or (published_at is not None and stamp < meta.created):
+                    meta.created = stamp  # an imported older version moves it back
                 meta.dist_tags.update({t: v for t, v in tags.items() if v in pkg.docs and v not in meta.unpublished})
                 if default_latest:
                     meta.dist_tags.setdefault("latest", version)
@@ -558,13 +582,14 @@ class PackageStore:
             doc = orjson.loads(found[mkey]) if mkey in found else None
         except orjson.JSONDecodeError:
             doc = None
-        if isinstance(doc, dict) and doc.get("body_xxh3") == _digest(body):
+        digest = _digest(body)
+        if isinstance(doc, dict) and doc.get("body_xxh3") == digest:
             meta = CacheMeta(
                 fetched_at=float(doc.get("fetched_at") or 0.0),
                 etag=doc.get("etag") if isinstance(doc.get("etag"), str) else None,
                 last_modified=doc.get("last_modified") if isinstance(doc.get("last_modified"), str) else None,
             )
-        return CachedPackument(body=body, meta=meta)
+        return CachedPackument(body=body, meta=meta, body_xxh3=digest)
 
     async def store_packument(self, name: PackageName, body: bytes, meta: CacheMeta) -> None:
         """Cache an upstream packument (body first, then its meta)."""
@@ -611,8 +636,12 @@ def _load(data: bytes, key: str) -> JSONObject:
     return doc
 
 
-def _digest(body: bytes) -> str:
+def packument_digest(body: bytes) -> str:
+    """The digest of a cached packument body (``CachedPackument.body_xxh3``)."""
     return xxhash.xxh3_64_hexdigest(body)
+
+
+_digest = packument_digest
 
 
 def _dump_cache_meta(meta: CacheMeta, body: bytes) -> bytes:
@@ -668,5 +697,6 @@ __all__ = [
     "PackageStore",
     "TarballRef",
     "isoformat",
+    "packument_digest",
     "utcnow",
 ]

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 
 import semver
@@ -95,6 +96,14 @@ def version_key(raw: str) -> tuple[Any, ...]:
     """
     if not isinstance(raw, str):
         return (_INVALID, repr(raw))
+    return _str_version_key(raw)
+
+
+# Memoized: every composition of a package sorts the same version strings
+# again (~1.5 us a parse on the reference VM, ~0.2 us a hit). Keys are
+# immutable tuples, so sharing them is safe; the bound keeps memory < ~15 MB.
+@lru_cache(maxsize=1 << 16)
+def _str_version_key(raw: str) -> tuple[Any, ...]:
     match = _SEMVER.match(raw) if len(raw) <= MAX_VERSION_LENGTH else None
     if match is None:
         return (_INVALID, raw)

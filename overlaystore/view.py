@@ -19,13 +19,22 @@ Invariants:
 * **Freshness.** An entry may carry ``expires_at`` (``time.time()`` epoch
   seconds); once passed it is a miss (and is dropped).
 
-Generations: one global counter ``_clock``; :meth:`generation` returns it,
-:meth:`invalidate` advances it and records the new value for the name. A put
-with generation ``g`` is stale iff the name (or everything) was invalidated
-at a clock value above ``g``. The per-name record is bounded: past
-:data:`MAX_TRACKED_INVALIDATIONS` names it collapses into one "everything
-invalidated at clock c" record, which can only make a few in-flight puts
-be dropped (a later miss), never admit a stale one.
+Generations: one global counter ``_clock``; :meth:`generation` returns it
+(in a :class:`Generation`), :meth:`invalidate` advances it and records the new
+value for the name. A put with generation ``g`` is stale iff the name (or
+everything) was invalidated at a clock value above ``g``. The per-name record
+is bounded: past :data:`MAX_TRACKED_INVALIDATIONS` names it collapses into one
+"everything invalidated at clock c" record, which can only make a few
+in-flight puts be dropped (a later miss), never admit a stale one.
+
+Other processes (several workers on one host): with ``changes`` (a
+:class:`~overlaystore.changes.ChangeCounters` that every writer process bumps
+before acknowledging a write), :meth:`generation` also records the name's
+change counter, :meth:`put` stores it with the entry, and every hit compares it
+with the current value: a counter that moved since the fill started is a miss
+(the entry is dropped). That makes a write acknowledged by another process
+visible to the very next lookup here, without waiting for the watcher. A
+reset of the counters file drops everything (``invalidate_all``).
 
 Not thread-safe: use it from the event loop thread (renders done in worker
 threads must be ``put`` back from the loop).
@@ -36,11 +45,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from cachetools import LRUCache
 
 from .render import Rendered, Variant
+
+if TYPE_CHECKING:
+    from .changes import ChangeCounters
 
 #: Bytes charged per entry on top of body + gzip (key, tuple, object headers).
 ENTRY_OVERHEAD = 512
@@ -48,8 +60,20 @@ ENTRY_OVERHEAD = 512
 MAX_TRACKED_INVALIDATIONS = 65_536
 
 _Key = tuple[str, Variant, str]
-# An entry: (rendered, expires_at or None, size charged).
-_Entry = tuple[Rendered, "float | None"]
+# An entry: (rendered, expires_at or None, change-counter slot or -1, counter
+# value when the fill started).
+_Entry = tuple[Rendered, "float | None", int, int]
+
+
+class Generation(NamedTuple):
+    """What :meth:`ComposedView.generation` returns, to pass to :meth:`ComposedView.put`."""
+
+    #: The view's invalidation clock.
+    clock: int
+    #: The name's change-counter slot, or -1 without change counters.
+    slot: int = -1
+    #: The slot's value (0 without change counters).
+    stamp: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +92,10 @@ def _entry_size(entry: _Entry) -> int:
     return len(rendered.body) + len(rendered.gzip) + ENTRY_OVERHEAD
 
 
+def _no_counters(slot: int) -> int:
+    raise AssertionError("no change counters")
+
+
 class _LRU(LRUCache[_Key, _Entry]):
     """LRUCache that reports capacity evictions (not explicit deletions)."""
 
@@ -84,8 +112,19 @@ class _LRU(LRUCache[_Key, _Entry]):
 class ComposedView:
     """Byte-bounded LRU of rendered packuments with per-name invalidation."""
 
-    def __init__(self, max_bytes: int = 256 * 2**20, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        max_bytes: int = 256 * 2**20,
+        *,
+        clock: Callable[[], float] = time.time,
+        changes: ChangeCounters | None = None,
+    ) -> None:
         self._cache = _LRU(max_bytes, self._evicted)
+        self._changes = changes
+        self._read_slot: Callable[[int], int] = _no_counters
+        if changes is not None:
+            self._read_slot = changes.read_slot
+            changes.on_reset(self.invalidate_all)
         self._by_name: dict[str, set[_Key]] = {}
         self._clock = 0  # advanced by every invalidation
         self._invalidated_at: dict[str, int] = {}
@@ -103,17 +142,23 @@ class ComposedView:
         if entry is None:
             self._misses += 1
             return None
-        expires_at = entry[1]
-        if expires_at is not None and expires_at <= self._now():
+        rendered, expires_at, slot, stamp = entry
+        if (expires_at is not None and expires_at <= self._now()) or (
+            slot >= 0 and self._read_slot(slot) != stamp
+        ):
             self._drop(key)
             self._misses += 1
             return None
         self._hits += 1
-        return entry[0]
+        return rendered
 
-    def generation(self, name: str) -> int:
+    def generation(self, name: str) -> Generation:
         """A token to pass to :meth:`put` (read it *before* reading the stores)."""
-        return self._clock
+        changes = self._changes
+        if changes is None:
+            return Generation(self._clock)
+        slot = changes.slot(name)
+        return Generation(self._clock, slot, changes.read_slot(slot))
 
     # --- writes ------------------------------------------------------------
     def put(
@@ -123,19 +168,30 @@ class ComposedView:
         public_url: str,
         rendered: Rendered,
         *,
-        generation: int,
+        generation: Generation | int,
         expires_at: float | None = None,
     ) -> bool:
         """Cache ``rendered`` unless ``name`` was invalidated after ``generation``.
 
         Returns whether the entry was stored (False: stale, or larger than
-        the whole budget).
+        the whole budget). A bare ``int`` generation is the clock alone: with
+        change counters, the counter is then read now, not at the start of the
+        fill (only safe when nothing can have changed in between).
         """
-        if generation < self._all_invalidated_at or generation < self._invalidated_at.get(name, 0):
+        if isinstance(generation, Generation):
+            clock, slot, stamp = generation
+        else:
+            clock, slot, stamp = generation, -1, 0
+        if self._changes is None:
+            slot = -1
+        elif slot < 0:
+            slot = self._changes.slot(name)
+            stamp = self._changes.read_slot(slot)
+        if clock < self._all_invalidated_at or clock < self._invalidated_at.get(name, 0):
             return False
         key = (name, variant, public_url)
         try:
-            self._cache[key] = (rendered, expires_at)
+            self._cache[key] = (rendered, expires_at, slot, stamp)
         except ValueError:  # larger than max_bytes: serve it, don't cache it
             self._drop(key)
             return False
@@ -201,4 +257,4 @@ class ComposedView:
                 del self._by_name[key[0]]
 
 
-__all__ = ["ENTRY_OVERHEAD", "MAX_TRACKED_INVALIDATIONS", "ComposedView", "ViewStats"]
+__all__ = ["ENTRY_OVERHEAD", "MAX_TRACKED_INVALIDATIONS", "ComposedView", "Generation", "ViewStats"]

@@ -1,4 +1,4 @@
-"""The ``overlaystore`` command line: serve, manage users, check config, clear the cache.
+"""The ``overlaystore`` command line: serve, manage users, check config, manage the cache.
 
 Every command builds its configuration the same way (see
 :mod:`server.config_file`): defaults < ``--config FILE`` (or
@@ -24,12 +24,11 @@ from typing import TYPE_CHECKING
 
 from overlaystore.errors import OverlayStoreError
 
+from . import cache_cli, recovery_cli
 from .config import Config
 from .config_file import OVERRIDE_KEYS, ConfigError, config_to_toml, load_config
 
 if TYPE_CHECKING:
-    from overlaystore.cache import WipeReport
-
     from .auth import Authenticator
 
 # The server stack (aiohttp) and the storage engine are imported by the
@@ -65,6 +64,11 @@ def _storage_options(parser: argparse.ArgumentParser, *, cache: bool = True) -> 
 
 def _server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (default: 127.0.0.1:4873)")
+    parser.add_argument(
+        "--workers", metavar="N", type=int,
+        help="worker processes sharing the port (default: 1); a publish acknowledged by one "
+             "is visible to the next request on any other",
+    )
     parser.add_argument(
         "--upstream", metavar="URL",
         help="registry to proxy; 'none' for no upstream (default: the registry your npm configuration names)",
@@ -145,16 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     _storage_options(check)
     check.set_defaults(func=_config_check)
 
-    cache = commands.add_parser("cache", help="manage the proxy cache", description="Manage the proxy cache.")
+    cache = commands.add_parser("cache", help="manage the proxy cache: stats, gc, clear",
+                                description="Manage the proxy cache: stats, gc, clear.")
     cache_commands = cache.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
-    clear = cache_commands.add_parser(
-        "clear", help="delete everything in the proxy cache",
-        description="Delete every cached upstream packument and tarball; they are fetched again on demand. "
-                    "Safe while the server runs. The published store is never touched.",
-    )
-    _config_option(clear)
-    _storage_options(clear)
-    clear.set_defaults(func=_cache_clear)
+    cache_cli.add_commands(cache_commands, _config_option, _storage_options, _load)
+    recovery_cli.add_commands(commands, _config_option, _storage_options, _load)  # import, backup, restore
     return parser
 
 
@@ -168,6 +167,10 @@ def _load(args: argparse.Namespace, *, discover_upstream: bool = False) -> Confi
 
 def _serve(args: argparse.Namespace) -> int:
     config = _load(args, discover_upstream=True)
+    if config.server.workers > 1:
+        from .workers import serve_workers
+
+        return serve_workers(config)
     from .app import run
 
     run(config)
@@ -237,35 +240,6 @@ def _config_check(args: argparse.Namespace) -> int:
     print(f"  cache      {config.storage.cache}")
     print(f"  upstream   {config.upstream.url or 'none'}{' (offline)' if config.upstream.offline else ''}")
     print(f"  users      {config.auth.htpasswd}")
-    return 0
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
-
-def _cache_clear(args: argparse.Namespace) -> int:
-    config = _load(args)
-    root = config.storage.cache
-    if not root.exists():
-        print(f"the proxy cache at {root} is already empty")
-        return 0
-
-    async def wipe() -> WipeReport:
-        from overlaystore.cache import CacheLayer
-        from overlaystore.disk import FileBackend
-
-        # Only the cache directory is opened: the published store is not even read.
-        return await CacheLayer(FileBackend(root)).wipe()
-
-    report = asyncio.run(wipe())
-    print(f"cleared the proxy cache at {root}: {report.entries} files, {_size(report.bytes)} "
-          f"in {report.seconds:.2f} s (published store untouched: {config.storage.published})")
     return 0
 
 

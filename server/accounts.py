@@ -30,6 +30,7 @@ from overlaystore.errors import Conflict, InvalidInput, NotFound
 from .auth import Identity, identity
 from .errors import Forbidden, Unauthenticated
 from .keys import AUTH
+from .request_info import parse_json_body, read_body
 
 COUCH_PREFIX = "org.couchdb.user:"
 
@@ -44,11 +45,8 @@ def _json(data: Any, *, status: int = 200) -> web.Response:
 
 
 async def _read_object(request: web.Request) -> dict[str, Any]:
-    body = await request.read()
-    try:
-        data = orjson.loads(body) if body.strip() else {}
-    except orjson.JSONDecodeError:
-        raise InvalidInput("the request body is not valid JSON") from None
+    body = await read_body(request)
+    data = parse_json_body(body) if body.strip() else {}
     if not isinstance(data, dict):
         raise InvalidInput("the request body must be a JSON object")
     return data

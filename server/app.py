@@ -9,24 +9,28 @@ requests finish.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from overlaystore._types import PackageName
+from overlaystore.changes import ChangeCounters
 from overlaystore.packages import PackageStore
 from overlaystore.view import ComposedView
 from overlaystore.watch import Watcher
 
-from . import accounts
+from . import accounts, cache_admin, health, metrics
 from .access_log import AccessLogger
 from .auth import Authenticator
 from .config import Config
 from .dist_tags import delete_tag, list_tags, put_tag
 from .documents import Documents
 from .http_errors import error_middleware
-from .keys import AUTH, CONFIG, DOCUMENTS, POLICY, SOURCE, STORE, TARBALLS, UPSTREAM, VIEW
+from .health import Readiness
+from .keys import AUTH, CONFIG, DOCUMENTS, METRICS, POLICY, READINESS, SOURCE, STORE, TARBALLS, UPSTREAM, VIEW
+from .metrics import Metrics, metrics_middleware
 from .misc import audit_bulk, ping
 from .packuments import get_packument, get_version
 from .refresh import UpstreamSource
@@ -46,12 +50,17 @@ def make_app(config: Config) -> web.Application:
     """The registry application for ``config`` (services start with the app)."""
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
-        middlewares=[error_middleware],
+        middlewares=[metrics_middleware, error_middleware],
     )
     app[CONFIG] = config
+    app[METRICS] = Metrics()
+    app[METRICS].attach(app)
+    app[READINESS] = Readiness()
     app[POLICY] = config.policy
     app[AUTH] = Authenticator(config.auth)
     app.cleanup_ctx.append(_services)
+    app.cleanup_ctx.append(cache_admin.gc_context)  # after the services it uses
+    app.on_cleanup.append(health.on_cleanup)
     add_routes(app.router)
     return app
 
@@ -62,6 +71,9 @@ def add_routes(router: web.UrlDispatcher) -> None:
     ``/<name>/<version>``."""
     accounts.register(router)
     router.add_get("/-/ping", ping)
+    metrics.register(router)  # /-/metrics
+    health.register(router)  # /-/overlaystore/ready
+    cache_admin.register(router)  # /-/overlaystore/cache...
     router.add_get("/-/v1/search", search)
     router.add_post("/-/npm/v1/security/advisories/bulk", audit_bulk)
     for prefix in ("/-/package/@{scope}/{pkg}", "/-/package/{name}"):
@@ -69,7 +81,9 @@ def add_routes(router: web.UrlDispatcher) -> None:
         router.add_put(prefix + "/dist-tags/{tag}", put_tag)
         router.add_post(prefix + "/dist-tags/{tag}", put_tag)
         router.add_delete(prefix + "/dist-tags/{tag}", delete_tag)
-    for prefix in ("/@{scope}/{pkg}", "/{name}"):
+    # A scope never contains "%": "/@s%2fn/1.0.0" is the manifest route of
+    # "/{name}/{version}", not the scoped-name route with scope "s/n".
+    for prefix in ("/@{scope:[^{}/%]+}/{pkg}", "/{name}"):
         router.add_get(prefix, get_packument)
         router.add_put(prefix, put_package)
         router.add_put(prefix + "/-rev/{rev}", put_package_rev)
@@ -82,15 +96,23 @@ def add_routes(router: web.UrlDispatcher) -> None:
 async def _services(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     store = await PackageStore.open_directories(config.storage.published, config.storage.cache)
-    view = ComposedView(config.cache.view_max_bytes)
+    # Several workers share per-package change counters: a write bumps them
+    # before it returns, and every LRU hit checks them (read-your-writes
+    # across workers, see overlaystore.changes). One worker: none of it.
+    changes = ChangeCounters.for_store(config.storage.published) if config.server.workers > 1 else None
+    view = ComposedView(config.cache.view_max_bytes, changes=changes)
     # In-process writes invalidate before they return; the watcher covers
     # other processes and operators.
     store.subscribe(view.invalidate)
+    checks: asyncio.Task[None] | None = None
+    if changes is not None:
+        store.subscribe(changes.bump)
+        checks = asyncio.create_task(changes.keep_checked(), name="change counters")
     client = UpstreamClient(config.upstream) if config.upstream.url else None
     if client is not None:
         await client.start()
         app[UPSTREAM] = client
-    source = UpstreamSource(store, client, config.upstream)
+    source = UpstreamSource(store, client, config.upstream, parsed_max_bytes=config.cache.parsed_max_bytes)
     app[STORE] = store
     app[VIEW] = view
     app[SOURCE] = source
@@ -121,25 +143,42 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         await source.close()
         if client is not None:
             await client.close()
+        if checks is not None:
+            checks.cancel()
+            await asyncio.gather(checks, return_exceptions=True)
+        if changes is not None:
+            changes.close()
+
+
+def describe(config: Config) -> str:
+    """The start line: where it listens, what it serves."""
+    return "overlaystore on http://%s:%d (published: %s, cache: %s, upstream: %s%s)" % (
+        config.server.host,
+        config.server.port,
+        config.storage.published,
+        config.storage.cache,
+        config.upstream.url or "none",
+        ", offline" if config.upstream.offline else "",
+    )
+
+
+def connection_options(config: Config) -> dict[str, float]:
+    """aiohttp connection-handler settings for ``web.run_app``: the keep-alive
+    timer doubles as the deadline for a request's headers, which is what
+    bounds slow-loris clients (a stalled body is bounded per request, see
+    :func:`server.request_info.read_body`)."""
+    return {"keepalive_timeout": config.server.keepalive_timeout_s}
 
 
 def run(config: Config) -> None:
-    """Serve ``config`` until interrupted."""
+    """Serve ``config`` until interrupted (one process; several workers:
+    :func:`server.workers.serve_workers`)."""
     logging.basicConfig(
         level=config.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     access = logging.getLogger("overlaystore.access") if config.server.access_log else None
-    upstream = config.upstream.url or "none"
-    log.info(
-        "overlaystore on http://%s:%d (published: %s, cache: %s, upstream: %s%s)",
-        config.server.host,
-        config.server.port,
-        config.storage.published,
-        config.storage.cache,
-        upstream,
-        ", offline" if config.upstream.offline else "",
-    )
+    log.info("%s", describe(config))
     web.run_app(
         make_app(config),
         host=config.server.host,
@@ -148,4 +187,5 @@ def run(config: Config) -> None:
         access_log_class=AccessLogger,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         print=None,
+        **connection_options(config),
     )

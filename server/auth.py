@@ -270,13 +270,16 @@ class Authenticator:
 
     async def _password_identity(self, name: str, password: str, remote: str | None) -> Identity:
         entry = self._current_users().users.get(name)
+        keys = [f"user:{name}"] + ([f"addr:{remote}"] if remote else [])
+        # The limit comes before the cache: otherwise, while the owner's
+        # password sits in the cache, a locked-out guesser would still learn
+        # which guess is right (200 instead of 429) at full speed.
+        self._limiter.check(keys)
         slot = self._cache_slot(name, password)
         hit = self._verified.get(slot)
         if entry is not None and hit is not None and hit.until > self._clock() and \
                 hmac.compare_digest(hit.hash, entry.hash):
             return self._identity(entry)
-        keys = [f"user:{name}"] + ([f"addr:{remote}"] if remote else [])
-        self._limiter.check(keys)
         ok = await asyncio.to_thread(verify_password, password, entry.hash if entry else await self._dummy())
         if not ok or entry is None:
             self._limiter.record(keys)

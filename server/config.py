@@ -26,6 +26,14 @@ class ServerConfig:
     access_log: bool = True
     max_body_bytes: int = 10 * MiB
     workers: int = 1
+    #: Seconds an idle keep-alive connection stays open; also all a client
+    #: gets to send a request's headers (aiohttp's keep-alive timer runs from
+    #: the connection's start or its last response), which bounds slow-loris
+    #: clients. Above common proxies' upstream idle timeouts (nginx 60 s).
+    keepalive_timeout_s: float = 75.0
+    #: Seconds a request body may stall between two chunks before the request
+    #: is answered 408 (a slow upload keeps going; a stalled one does not).
+    body_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +70,9 @@ class CacheConfig:
     gc_interval_s: float = 600.0
     #: Size cap of the composed-packument LRU in bytes.
     view_max_bytes: int = 256 * MiB
+    #: Size cap (estimated memory) of the parsed upstream packuments kept so
+    #: that a composed-LRU miss does not re-parse an unchanged body; 0: none.
+    parsed_max_bytes: int = 256 * MiB
 
 
 @dataclass(frozen=True, slots=True)

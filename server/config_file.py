@@ -262,6 +262,8 @@ _TOP: dict[str, Setter] = {
     "access_log": _field("server.access_log", _strict_bool),
     "max_body": _field("server.max_body_bytes", _size()),
     "workers": _field("server.workers", _int(1)),
+    "keepalive_timeout": _field("server.keepalive_timeout_s", _duration(positive=True)),
+    "body_timeout": _field("server.body_timeout_s", _duration(positive=True)),
 }
 
 _TABLES: dict[str, dict[str, Setter]] = {
@@ -284,6 +286,7 @@ _TABLES: dict[str, dict[str, Setter]] = {
         "max_age": _field("cache.max_age_s", _duration(positive=True, optional=True)),
         "gc_interval": _field("cache.gc_interval_s", _duration(positive=True)),
         "view_max_bytes": _field("cache.view_max_bytes", _size()),
+        "parsed_max_bytes": _field("cache.parsed_max_bytes", _size()),
     },
     "auth": {
         "htpasswd": _field("auth.htpasswd", _path),
@@ -320,6 +323,7 @@ _OVERRIDES: dict[str, Setter] = {
     "upstream": _field("upstream.url", _upstream_url),
     "offline": _field("upstream.offline", _lenient_bool),
     "log_level": _field("server.log_level", _log_level),
+    "workers": _field("server.workers", _int(1)),
 }
 #: Command-line override names (argparse ``dest``s) accepted by :func:`load_config`.
 OVERRIDE_KEYS = tuple(_OVERRIDES)
@@ -569,14 +573,16 @@ def config_to_toml(config: Config) -> str:
 
     sections: list[tuple[str | None, list[tuple[str, object]]]] = [
         (None, [("listen", format_listen(s.host, s.port)), ("public_url", s.public_url), ("log_level", s.log_level),
-                ("access_log", s.access_log), ("max_body", s.max_body_bytes), ("workers", s.workers)]),
+                ("access_log", s.access_log), ("max_body", s.max_body_bytes), ("workers", s.workers),
+                ("keepalive_timeout", s.keepalive_timeout_s), ("body_timeout", s.body_timeout_s)]),
         ("storage", [("published", config.storage.published), ("cache", config.storage.cache)]),
         ("upstream", [("url", opt(u.url)), ("max_age", u.max_age_s), ("timeout", u.timeout_s),
                       ("connect_timeout", u.connect_timeout_s), ("retries", u.retries),
                       ("breaker_failures", u.breaker_failures), ("breaker_reset", u.breaker_reset_s),
                       ("offline", u.offline)]),
         ("cache", [("max_bytes", opt(c.max_bytes)), ("max_age", opt(c.max_age_s)),
-                   ("gc_interval", c.gc_interval_s), ("view_max_bytes", c.view_max_bytes)]),
+                   ("gc_interval", c.gc_interval_s), ("view_max_bytes", c.view_max_bytes),
+                   ("parsed_max_bytes", c.parsed_max_bytes)]),
         ("auth", [("htpasswd", a.htpasswd), ("tokens", a.tokens), ("registration", a.registration),
                   ("admins", a.admins), ("credential_cache", a.credential_cache_s),
                   ("login_attempts_per_minute", a.login_attempts_per_minute), ("bcrypt_rounds", a.bcrypt_rounds)]),

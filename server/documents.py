@@ -5,15 +5,29 @@ bytes per (name, variant, public URL). On a miss the published fragment and,
 when the name policy allows, the upstream packument (refreshed through
 :class:`~server.refresh.UpstreamSource`) are composed and rendered once.
 
-Coherence: the generation of a name is read *after* the upstream refresh (which
-may itself invalidate the name) and before the store is read, so a write that
-lands while we compose makes our fill a no-op instead of a stale entry. Entries
+Coherence: the generation of a name is read before the store is read, and
+again after the upstream refresh (which may itself invalidate the name); if
+it moved, published data is read again under the new one. So a write that
+lands while we compose makes our fill a no-op instead of a stale entry. (With
+several workers the generation also carries the name's shared change counter,
+read at the same moments; a write by another worker then makes the entry a
+miss on its next lookup, see :mod:`overlaystore.changes`.) Entries
 built from upstream data expire with that data's freshness; a stale-if-error
 result is cached only briefly, and served with a warning.
+
+Cost of a miss: the upstream document comes parsed from the source's parsed
+cache unless its body changed, and ``render`` splices its pre-serialized
+versions (``upstream=``; see :mod:`overlaystore.prepared`). Documents with
+at least :data:`THREAD_RENDER_VERSIONS` versions are rendered in a worker
+thread: zlib releases the GIL while it compresses (the bulk of the render of
+a big document), so the event loop keeps serving meanwhile; orjson holds the
+GIL, so serialization still competes with the loop. Smaller documents render
+inline (a thread hop costs ~0.2 ms here, about what they take).
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
 from dataclasses import dataclass
@@ -26,9 +40,13 @@ from overlaystore.fragment import PublishedFragment
 from overlaystore.packages import PackageStore
 from overlaystore.policy import NamePolicy, Provenance
 from overlaystore.render import Rendered, Variant, render
-from overlaystore.view import ComposedView
+from overlaystore.view import ComposedView, Generation
 
 from .refresh import UpstreamDoc, UpstreamSource
+
+#: Composed documents with at least this many versions are rendered in a
+#: worker thread (roughly 100 KB of JSON and up: gzip then costs more than the hop).
+THREAD_RENDER_VERSIONS = 100
 
 
 class Outcome(enum.Enum):
@@ -81,8 +99,13 @@ class Documents:
         if hit is not None:
             return hit, Outcome.HIT
         composed, generation = await self._compose(name)
-        rendered = render(composed.doc, variant, public_url)
         upstream = composed.upstream
+        prepared = upstream.prepared if upstream is not None else None
+        versions = composed.doc.get("versions")
+        if isinstance(versions, dict) and len(versions) >= THREAD_RENDER_VERSIONS:
+            rendered = await asyncio.to_thread(render, composed.doc, variant, public_url, upstream=prepared)
+        else:
+            rendered = render(composed.doc, variant, public_url, upstream=prepared)
         # Entries made of upstream data live as long as that data is fresh; a
         # stale-if-error result is kept only briefly (``expires_at`` says).
         expires_at = None if upstream is None else upstream.expires_at
@@ -93,7 +116,7 @@ class Documents:
         outcome = Outcome.STALE if upstream is not None and upstream.stale else Outcome.MISS
         return rendered, outcome
 
-    async def _compose(self, name: PackageName) -> tuple[Composed, int]:
+    async def _compose(self, name: PackageName) -> tuple[Composed, Generation]:
         generation = self._view.generation(name)
         fragment = await self._store.fragment(name)
         provenance = self.classify(name, fragment)
@@ -101,12 +124,16 @@ class Documents:
         if provenance is not Provenance.PRIVATE:
             upstream = await self._source.packument(name)
             # The refresh may have invalidated the name, and a publish may have
-            # landed meanwhile: take the generation, then re-read published data.
-            generation = self._view.generation(name)
-            fragment = await self._store.fragment(name)
-            provenance = self.classify(name, fragment)
-            if provenance is Provenance.PRIVATE:
-                upstream = None
+            # landed meanwhile: then take the generation again and re-read
+            # published data. An unchanged generation means neither happened
+            # (as far as a put could tell), so what we read still holds.
+            after = self._view.generation(name)
+            if after != generation:
+                generation = after
+                fragment = await self._store.fragment(name)
+                provenance = self.classify(name, fragment)
+                if provenance is Provenance.PRIVATE:
+                    upstream = None
         if upstream is None and (fragment is None or not fragment.is_live):
             if fragment is not None:
                 raise NotFound(f"{name} has been unpublished")

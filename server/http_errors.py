@@ -19,6 +19,7 @@ from aiohttp import web
 from overlaystore import errors as lib
 
 from . import errors as srv
+from .access_log import redact  # logout and token paths carry secrets
 
 log = logging.getLogger("overlaystore.server")
 
@@ -76,21 +77,26 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except lib.OverlayStoreError as exc:
         status = status_for(exc)
         if status >= 500:
-            log.error("%s %s failed: %s", request.method, request.path, exc)
+            log.error("%s %s failed: %s", request.method, redact(request.path), exc)
         return error_response(status, str(exc) or type(exc).__name__, _headers_for(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         # Routing-level failures (no route, method, body over the limit) in npm's shape.
         kept = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-        return error_response(exc.status, _ROUTING_MESSAGES.get(exc.status, exc.reason), kept)
+        response = error_response(exc.status, _ROUTING_MESSAGES.get(exc.status, exc.reason), kept)
+        if exc.status in (408, 413):
+            # The rest of that body is not worth waiting for (or reading).
+            response.force_close()
+        return response
     except Exception:
-        log.exception("%s %s: unexpected error", request.method, request.path)
+        log.exception("%s %s: unexpected error", request.method, redact(request.path))
         return error_response(500, "internal server error")
 
 
 _ROUTING_MESSAGES = {
     404: "not found",
     405: "method not allowed",
+    408: "the request body stopped arriving; try again",
     413: "request body too large",
 }

@@ -12,8 +12,11 @@ if TYPE_CHECKING:
     from overlaystore.view import ComposedView
 
     from .auth import Authenticator
+    from .cache_admin import CacheAdmin
     from .config import Config
     from .documents import Documents
+    from .health import Readiness
+    from .metrics import Metrics
     from .refresh import UpstreamSource
     from .tarball_proxy import TarballProxy
     from .upstream import UpstreamClient
@@ -27,6 +30,13 @@ UPSTREAM: web.AppKey["UpstreamClient"] = web.AppKey("upstream")
 SOURCE: web.AppKey["UpstreamSource"] = web.AppKey("source")
 TARBALLS: web.AppKey["TarballProxy"] = web.AppKey("tarballs")
 DOCUMENTS: web.AppKey["Documents"] = web.AppKey("documents")
+METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")
+CACHE_ADMIN: web.AppKey["CacheAdmin"] = web.AppKey("cache_admin")
+READINESS: web.AppKey["Readiness"] = web.AppKey("readiness")
+#: The worker number (1..N) in a process of ``serve --workers N``; absent in a
+#: single-process server. Set before start-up, so a cleanup context can run
+#: once-per-server background work (GC) in worker 1 only.
+WORKER: web.AppKey[int] = web.AppKey("worker", int)
 
 #: How a request was served from the caches ("hit", "miss", "stale", "published", ...),
 #: for the access log.

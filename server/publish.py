@@ -24,6 +24,7 @@ from overlaystore.names import validate_new_name
 from overlaystore.versions import parse_version
 
 _INSTALL_SCRIPTS = ("preinstall", "install", "postinstall")
+_PROTOTYPE_KEYS = frozenset({"__proto__", "constructor", "prototype"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,8 @@ def check_integrity(tarball: bytes, dist: Mapping[str, Any]) -> None:
         isinstance(integrity, str) or isinstance(shasum, str),
         "dist.integrity or dist.shasum is required",
     )
+    # A non-string integrity would otherwise be stored unchecked (and break installs).
+    _require(integrity is None or isinstance(integrity, str), "dist.integrity must be a string")
     if isinstance(integrity, str):
         checked = 0
         for entry in integrity.split():
@@ -104,12 +107,30 @@ def check_integrity(tarball: bytes, dist: Mapping[str, Any]) -> None:
             )
 
 
+#: Bounds on what :func:`tarball_members` reads: a few MiB of gzip can hold
+#: millions of empty entries (seconds of CPU and hundreds of MiB per million)
+#: or gigabytes of zeros. Real packages stay far below both.
+MAX_TARBALL_ENTRIES = 100_000
+MAX_UNPACKED_BYTES = 1 << 30
+
+
 def tarball_members(tarball: bytes) -> set[str]:
     """Paths inside a package tarball (``package/`` prefix stripped);
-    raises InvalidInput when it is not a gzipped tar."""
+    raises InvalidInput when it is not a gzipped tar, or one with more than
+    :data:`MAX_TARBALL_ENTRIES` entries or :data:`MAX_UNPACKED_BYTES` of content
+    (checked on each header, before its content is inflated)."""
+    names: set[str] = set()
+    unpacked = 0
     try:
         with tarfile.open(fileobj=io.BytesIO(tarball), mode="r:gz") as archive:
-            names = archive.getnames()
+            while (member := archive.next()) is not None:
+                unpacked += max(member.size, 0)
+                if len(archive.members) > MAX_TARBALL_ENTRIES or unpacked > MAX_UNPACKED_BYTES:
+                    raise InvalidInput(
+                        f"the tarball unpacks to more than {MAX_TARBALL_ENTRIES} files or "
+                        f"{MAX_UNPACKED_BYTES >> 20} MiB"
+                    )
+                names.add(member.name)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise InvalidInput("the attachment is not a gzipped tar archive") from exc
     return {n.split("/", 1)[1] if "/" in n else n for n in names}
@@ -167,6 +188,9 @@ def check_tag_name(tag: Any) -> str:
         tag.strip() == tag and all(c.isprintable() and c not in "/\\%" for c in tag),
         f"invalid dist-tag {tag!r}",
     )
+    # Harmless here, but JavaScript clients that copy dist-tags with
+    # Object.assign or obj[tag] = ... would set a prototype instead.
+    _require(tag not in _PROTOTYPE_KEYS, f"invalid dist-tag {tag!r}")
     try:
         parse_version(tag.removeprefix("v"))
     except InvalidVersion:

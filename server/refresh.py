@@ -33,8 +33,16 @@ less: single-flight, the composed LRU upstream of this, and the per-version
 ``dist`` index kept here, so that a tarball miss does not re-parse a
 multi-megabyte packument just to learn one version's integrity. (Dist entries
 are safe to keep across refreshes: an npm version's tarball never changes.)
-A cache of whole parsed documents would cost ~3.5x the JSON size in Python
-objects and is deliberately not kept.
+
+Parsed documents are kept too, in a :class:`~overlaystore.prepared.ParsedCache`
+bounded by an estimate of their memory (~5x the JSON size, plus the
+pre-serialized versions rendering adds; ``parsed_max_bytes``, 0 disables it):
+an entry is found only for the very body it was parsed from (name, xxh3 digest
+and length of the cached body), so a composed-view miss caused by anything
+but an upstream change (a publish to an overlaid name, another variant or
+public URL, an LRU eviction, a 304 revalidation, stale-if-error) neither
+parses nor re-serializes the upstream versions. A 200 puts its fresh parse in.
+Parsed documents are shared, never mutated.
 """
 
 from __future__ import annotations
@@ -52,7 +60,8 @@ import orjson
 from overlaystore._types import PackageName
 from overlaystore.errors import StorageError
 from overlaystore.cache import CachedPackument, CacheMeta
-from overlaystore.packages import PackageStore
+from overlaystore.packages import PackageStore, packument_digest
+from overlaystore.prepared import DEFAULT_MAX_BYTES, ParsedCache, PreparedUpstream
 
 from .config import UpstreamConfig
 from .errors import UpstreamError, UpstreamUnavailable
@@ -74,7 +83,8 @@ class UpstreamDoc:
     now) or "revalidated" (a 304 just now). ``stale``: older than max-age and
     could not be revalidated (upstream failing, or offline). ``expires_at``
     (epoch seconds) is when it should be asked for again; None: only a cache
-    change can alter it (offline / no upstream).
+    change can alter it (offline / no upstream). ``prepared``: ``doc`` with
+    what rendering re-uses (pass it to ``render(..., upstream=)``).
     """
 
     doc: Mapping[str, Any]
@@ -84,6 +94,7 @@ class UpstreamDoc:
     stale: bool
     source: Literal["cache", "upstream", "revalidated"]
     expires_at: float | None
+    prepared: PreparedUpstream | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +113,7 @@ class _DistIndex:
         self._max = max_versions
         self._entries: OrderedDict[str, dict[str, DistInfo]] = OrderedDict()
         self._size = 0
+        self._tags: dict[str, str] = {}  # name -> digest of the body indexed
 
     def get(self, name: str, version: str) -> DistInfo | None:
         versions = self._entries.get(name)
@@ -110,18 +122,25 @@ class _DistIndex:
         self._entries.move_to_end(name)
         return versions.get(version)
 
-    def put(self, name: str, doc: Mapping[str, Any]) -> None:
+    def put(self, name: str, doc: Mapping[str, Any], tag: str = "") -> None:
+        """Index ``doc``; a no-op if the body with digest ``tag`` is indexed already."""
+        if tag and self._tags.get(name) == tag and name in self._entries:
+            return
         self.drop(name)
         versions = _dists(doc)
         if len(versions) > self._max:
             return
         self._entries[name] = versions
+        if tag:
+            self._tags[name] = tag
         self._size += len(versions)
         while self._size > self._max:
-            _, evicted = self._entries.popitem(last=False)
+            evicted_name, evicted = self._entries.popitem(last=False)
+            self._tags.pop(evicted_name, None)
             self._size -= len(evicted)
 
     def drop(self, name: str) -> None:
+        self._tags.pop(name, None)
         old = self._entries.pop(name, None)
         if old is not None:
             self._size -= len(old)
@@ -170,6 +189,7 @@ class UpstreamSource:
         clock: Callable[[], float] = time.time,
         stale_retry_s: float = 10.0,
         dist_index_versions: int = 200_000,
+        parsed_max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self._store = store
         self._client = client
@@ -179,6 +199,12 @@ class UpstreamSource:
         self._online = client is not None and config.url is not None and not config.offline
         self._flights: SingleFlight[str, UpstreamDoc | None] = SingleFlight()
         self._dists = _DistIndex(dist_index_versions)
+        self._parsed = ParsedCache(parsed_max_bytes)
+
+    @property
+    def parsed_cache(self) -> ParsedCache:
+        """Parsed upstream documents kept for re-use (for stats)."""
+        return self._parsed
 
     async def close(self) -> None:
         """Cancel refreshes still running (at shutdown, before the client closes)."""
@@ -236,12 +262,12 @@ class UpstreamSource:
         if cached is not None:
             fresh = now - cached.meta.fetched_at < self._config.max_age_s
             if fresh or not self._online:
-                doc = await self._parse_cached(name, cached)
-                if doc is not None:
+                prepared = await self._parse_cached(name, cached)
+                if prepared is not None:
                     if not self._online:
-                        return self._from_cache(cached, doc, stale=not fresh, expires_at=None)
+                        return self._from_cache(cached, prepared, stale=not fresh, expires_at=None)
                     expires_at = cached.meta.fetched_at + self._config.max_age_s
-                    return self._from_cache(cached, doc, stale=False, expires_at=expires_at)
+                    return self._from_cache(cached, prepared, stale=False, expires_at=expires_at)
                 cached = None  # unreadable: behave as if there were none
         if not self._online:
             return None
@@ -263,8 +289,8 @@ class UpstreamSource:
             if answer.status == "not_modified":
                 if cached is None:  # cannot happen: the validators came from the cache
                     raise UpstreamError(f"upstream answered 304 for {name} without a cached copy")
-                doc = await self._parse_cached(name, cached)
-                if doc is None:
+                prepared = await self._parse_cached(name, cached)
+                if prepared is None:
                     # The 304 vouches for bytes we cannot read: ask again, unconditionally.
                     return await self._refresh(name, None, now)
                 new_meta = CacheMeta(
@@ -273,7 +299,7 @@ class UpstreamSource:
                     last_modified=answer.last_modified or cached.meta.last_modified,
                 )
                 await self._best_effort("record the revalidation of", name, self._store.touch_packument(name, new_meta))
-                return self._doc(doc, new_meta, "revalidated")
+                return self._doc(prepared, new_meta, "revalidated")
             assert answer.body is not None
             try:
                 doc = await parse_document(answer.body)
@@ -288,21 +314,25 @@ class UpstreamSource:
             log.warning("upstream failed for %s, serving the cached copy (stale-if-error): %s", name, exc)
             return self._from_cache(cached, stale, stale=True, expires_at=now + self._stale_retry_s)
         new_meta = CacheMeta(fetched_at=now, etag=answer.etag, last_modified=answer.last_modified)
-        self._dists.put(name, doc)
+        digest = packument_digest(answer.body)
+        prepared = PreparedUpstream(name, doc, digest=digest, body_size=len(answer.body))
+        self._parsed.put(prepared)
+        self._dists.put(name, doc, digest)
         await self._best_effort("cache the packument of", name, self._store.store_packument(name, answer.body, new_meta))
-        return self._doc(doc, new_meta, "upstream")
+        return self._doc(prepared, new_meta, "upstream")
 
     def _doc(
-        self, doc: dict[str, Any], meta: CacheMeta, source: Literal["upstream", "revalidated"]
+        self, prepared: PreparedUpstream, meta: CacheMeta, source: Literal["upstream", "revalidated"]
     ) -> UpstreamDoc:
         return UpstreamDoc(
-            doc=doc,
+            doc=prepared.doc,
             etag=meta.etag,
             last_modified=meta.last_modified,
             fetched_at=meta.fetched_at,
             stale=False,
             source=source,
             expires_at=meta.fetched_at + self._config.max_age_s,
+            prepared=self._reusable(prepared),
         )
 
     @staticmethod
@@ -314,29 +344,43 @@ class UpstreamSource:
             log.warning("could not %s %s: %s", what, name, exc)
 
     def _from_cache(
-        self, cached: CachedPackument, doc: dict[str, Any], *, stale: bool, expires_at: float | None
+        self, cached: CachedPackument, prepared: PreparedUpstream, *, stale: bool, expires_at: float | None
     ) -> UpstreamDoc:
         return UpstreamDoc(
-            doc=doc,
+            doc=prepared.doc,
             etag=cached.meta.etag,
             last_modified=cached.meta.last_modified,
             fetched_at=cached.meta.fetched_at,
             stale=stale,
             source="cache",
             expires_at=expires_at,
+            prepared=self._reusable(prepared),
         )
 
-    async def _parse_cached(self, name: PackageName, cached: CachedPackument) -> dict[str, Any] | None:
-        try:
-            doc = await parse_document(cached.body)
-        except ValueError as exc:
-            log.warning("the cached packument of %s is unreadable, ignoring it: %s", name, exc)
-            return None
-        self._dists.put(name, doc)
-        return doc
+    def _reusable(self, prepared: PreparedUpstream) -> PreparedUpstream | None:
+        # Pre-serialized versions only pay off when they are kept for the next
+        # render: not for a document the parsed cache declined (or is off).
+        return prepared if self._parsed.holds(prepared) else None
+
+    async def _parse_cached(self, name: PackageName, cached: CachedPackument) -> PreparedUpstream | None:
+        """The parsed cached body: from the parsed cache if this very body was
+        parsed before, else parsed now (and kept). None if unparseable."""
+        digest = cached.body_xxh3
+        prepared = self._parsed.get(name, digest, len(cached.body))
+        if prepared is None:
+            try:
+                doc = await parse_document(cached.body)
+            except ValueError as exc:
+                log.warning("the cached packument of %s is unreadable, ignoring it: %s", name, exc)
+                return None
+            prepared = PreparedUpstream(name, doc, digest=digest, body_size=len(cached.body))
+            self._parsed.put(prepared)
+        self._dists.put(name, prepared.doc, digest)
+        return prepared
 
     async def _drop(self, name: PackageName) -> None:
         self._dists.drop(name)
+        self._parsed.drop(name)
         await self._best_effort("drop the cached copy of", name, self._store.drop_cached(name))
 
 

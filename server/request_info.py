@@ -3,6 +3,8 @@ representation asked for, a JSON body. Validation happens here, once."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 import orjson
@@ -57,13 +59,64 @@ def accepts_gzip(request: web.Request) -> bool:
     return "gzip" in request.headers.get("Accept-Encoding", "")
 
 
-async def read_json(request: web.Request) -> Any:
-    """The request body as JSON; 400 for anything that is not JSON."""
-    body = await request.read()
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise InvalidInput(f"duplicate key {key[:100]!r} in the request body")
+            seen.add(key)
+    return obj
+
+
+def parse_json_body(body: bytes) -> Any:
+    """``body`` as JSON; InvalidInput (400) for anything that is not JSON, and
+    for an object that names a key twice: parsers disagree on which one wins,
+    so a proxy or scanner in front of us may have checked the other one."""
     try:
-        return orjson.loads(body)
+        data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"the request body is not valid JSON: {exc}") from exc
+    if isinstance(data, (dict, list)):
+        try:
+            # orjson keeps the last duplicate silently; this pass only looks for them.
+            json.loads(body, object_pairs_hook=_unique_keys)
+        except (ValueError, RecursionError) as exc:
+            if isinstance(exc, InvalidInput):
+                raise
+            raise InvalidInput(f"the request body is not valid JSON: {exc}") from exc
+    return data
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole request body (decompressed, as ``request.read()`` gives it).
+
+    413 past ``max_body_bytes``; 408 when the client stops sending for
+    ``body_timeout_s``: aiohttp puts no deadline on a body, so without this a
+    client trickling a body (or sending less than its Content-Length) would
+    hold the request, and the connection, forever."""
+    config = request.app.get(CONFIG)
+    if config is None:  # an app without the registry's config (handler tests)
+        return await request.read()
+    limit, idle = config.server.max_body_bytes, config.server.body_timeout_s
+    body = bytearray()
+    while True:
+        try:
+            async with asyncio.timeout(idle):
+                chunk = await request.content.readany()
+        except TimeoutError:
+            raise web.HTTPRequestTimeout() from None
+        if not chunk:
+            return bytes(body)
+        body += chunk
+        if len(body) > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body as JSON; 400 for anything that is not JSON."""
+    return parse_json_body(await read_body(request))
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:

@@ -107,6 +107,8 @@ async def search(request: web.Request) -> web.Response:
             name = pkg.get("name")
             if not isinstance(name, str) or name in published:
                 continue
+            if not auth.can_access(who, policy.rule_for(name).access):  # type: ignore[arg-type]
+                continue  # the read rules apply to upstream names too
             if request.app[DOCUMENTS].classify(name, None) is Provenance.PRIVATE:  # type: ignore[arg-type]
                 continue  # a never-proxy scope: upstream data must not show
             remote.append(obj)

@@ -33,11 +33,15 @@ import base64
 import binascii
 import hashlib
 import logging
+import weakref
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
+from typing import BinaryIO
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 
 from overlaystore._types import PackageName
 from overlaystore.errors import NotFound, StorageError
@@ -174,7 +178,9 @@ class TarballProxy:
             if task is None:
                 ref = await self._store.tarball(name, filename)
                 if ref is not None and ref.layer == "cache":
-                    return await _serve_ref(ref, head)
+                    response = await serve_ref(ref, head)
+                    if response is not None:
+                        return response
                 task = self._downloads.running(key)  # the await above may have let one start
             if task is None:
                 sink = None if head else _Sink(request)
@@ -186,9 +192,15 @@ class TarballProxy:
                 await asyncio.shield(task)  # a follower: the leader's error is ours
             ref = await self._store.tarball(name, filename)
             if ref is not None:
-                return await _serve_ref(ref, head)
+                response = await serve_ref(ref, head)
+                if response is not None:
+                    return response
             # Downloaded but not cached (a storage failure, a concurrent wipe): once more.
-        raise UpstreamError(f"{name}/-/{filename} could not be cached")
+        # Wiped under us twice (cache clears in a loop): fetch for this request
+        # alone, streamed to it as a leader's download is.
+        sink = None if head else _Sink(request)
+        await self._run(sink, self._download(name, filename, url, expected, sink))
+        return sink.response if sink is not None else _head_response(None)
 
     async def _run(self, sink: _Sink | None, work: Awaitable[bool]) -> None:
         """Await the download for the leader: errors before the response went
@@ -305,14 +317,53 @@ def version_of(name: PackageName, filename: str) -> str:
     return filename[len(prefix) : -len(".tgz")]
 
 
-async def _serve_ref(ref: TarballRef, head: bool) -> web.StreamResponse:
-    """A cached tarball, as the handler serves store hits."""
+#: Where an open file can be named by its descriptor (Linux); elsewhere cache
+#: files are sent by path, and a wipe racing the send can turn it into a 404.
+_FD_DIR = Path("/proc/self/fd")
+_PIN_BY_FD = _FD_DIR.is_dir()
+
+
+class _PinnedFileResponse(web.FileResponse):
+    """Sends a file that was already open (by its ``/proc/self/fd`` name), so
+    a cache wipe or GC removing it after the lookup cannot turn the answer
+    into a 404: the open file stays readable whole. aiohttp still does the
+    rest (sendfile, Range, conditional requests, HEAD)."""
+
+    def __init__(self, file: BinaryIO, headers: dict[str, str]) -> None:
+        super().__init__(_FD_DIR / str(file.fileno()), headers=headers)
+        # Closed once aiohttp has opened its own handle (or when dropped unsent).
+        self._release = weakref.finalize(self, file.close)
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        try:
+            return await super().prepare(request)
+        finally:
+            self._release()
+
+
+async def serve_ref(ref: TarballRef, head: bool) -> web.StreamResponse | None:
+    """A stored tarball, as the handlers serve store hits; None if it is a
+    cache file that vanished since the lookup (a wipe or GC: treat as a miss).
+    Published files are never removed, so they are sent by path."""
     headers = dict(_HEADERS)
     if ref.path is not None:
+        if ref.layer == "published":
+            return web.FileResponse(ref.path, headers=headers)
+        file = await ref.open()
+        if file is None:
+            return None
+        if _PIN_BY_FD:
+            return _PinnedFileResponse(file, headers)
+        file.close()
         return web.FileResponse(ref.path, headers=headers)
-    data = await ref.read()
+    try:
+        data = await ref.read()
+    except NotFound:
+        if ref.layer == "cache":
+            return None
+        raise
     if head:
-        return _head_response(len(data))
+        return web.Response(headers={**headers, "Content-Length": str(len(data))})
     return web.Response(body=data, headers=headers)
 
 
@@ -323,4 +374,4 @@ def _head_response(size: int | None) -> web.Response:
     return response
 
 
-__all__ = ["Expected", "TARBALL_TYPE", "TarballProxy", "version_of"]
+__all__ = ["Expected", "TARBALL_TYPE", "TarballProxy", "serve_ref", "version_of"]

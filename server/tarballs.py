@@ -15,6 +15,7 @@ from overlaystore.policy import Provenance
 from .access import require_read
 from .keys import DOCUMENTS, OUTCOME, STORE, TARBALLS
 from .request_info import package_name
+from .tarball_proxy import serve_ref
 
 TARBALL_TYPE = "application/octet-stream"
 
@@ -36,18 +37,13 @@ async def get_tarball(request: web.Request) -> web.StreamResponse:
     provenance = documents.classify(name, fragment)
     ref = await store.tarball(name, filename)
     if ref is not None and (ref.layer == "published" or provenance is not Provenance.PRIVATE):
-        request[OUTCOME] = ref.layer
         # Tarballs are immutable: a long max-age is safe, and never gzip them
         # (npm would hash the gunzipped tar and fail with EINTEGRITY).
-        headers = {"Content-Type": TARBALL_TYPE, "Cache-Control": "public, max-age=31536000, immutable"}
-        if ref.path is not None:
-            response = web.FileResponse(ref.path, headers=headers)
+        response = await serve_ref(ref, head=request.method == "HEAD")
+        if response is not None:
+            request[OUTCOME] = ref.layer
             return response
-        data = await ref.read()
-        if request.method == "HEAD":
-            headers["Content-Length"] = str(len(data))
-            return web.Response(headers=headers)
-        return web.Response(body=data, headers=headers)
+        # A cache file removed since the lookup (a wipe or GC): a miss.
     if provenance is Provenance.PRIVATE:
         raise NotFound(f"no tarball {filename} for {name}")
     request[OUTCOME] = "upstream"

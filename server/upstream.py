@@ -313,6 +313,22 @@ class UpstreamClient:
             else:
                 resp.close()
 
+    # -- health
+
+    async def ping(self, timeout_s: float = 2.0) -> bool:
+        """Whether the upstream answers ``GET /-/ping`` at all (any status
+        below 500) within ``timeout_s``. One attempt, outside the retry loop,
+        the counters and the circuit breaker: a readiness probe, not traffic."""
+        if not self.enabled or self._session is None or self._session.closed:
+            return False
+        try:
+            async with self._session.get(
+                f"{self._base}/-/ping", timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as resp:
+                return resp.status < 500
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
     # -- passthroughs
 
     async def search(self, params: Mapping[str, str]) -> dict[str, Any] | None:

@@ -17,7 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from overlaystore._types import PackageName
-from overlaystore.errors import InvalidInput, NotFound
+from overlaystore.errors import InvalidInput, NotFound, StorageError
 from overlaystore.fragment import PublishedFragment
 from overlaystore.policy import ProxyMode
 
@@ -70,10 +70,24 @@ async def _publish(request: web.Request, name: PackageName, body: Mapping[str, A
     # An overlay must not take `latest` from the upstream just by adding a
     # patched version: only an explicit `latest` tag (npm's default) moves it.
     overlaid = request.app[POLICY].rule_for(name).proxy is ProxyMode.OVERLAY
-    await store.publish(
-        name, checked.version, manifest, checked.tarball,
-        tags=checked.tags, user=user, default_latest=not overlaid,
-    )
+    try:
+        await store.publish(
+            name, checked.version, manifest, checked.tarball,
+            tags=checked.tags, user=user, default_latest=not overlaid,
+        )
+    except StorageError as exc:
+        # The version file is the commit point and the metadata (dist-tags)
+        # is written after it. If only the metadata failed (a full disk), the
+        # version *is* published: say so, or the client retries into a 409
+        # without ever learning why its tags did not move.
+        after = await store.fragment(name)
+        stored = after.versions.get(checked.version) if after is not None else None
+        if stored is None or stored.get("dist") != manifest.get("dist"):
+            raise
+        raise type(exc)(
+            f"{name}@{checked.version} was published, but its dist-tags could not be saved ({exc}); "
+            f"once the storage has room: npm dist-tag add {name}@{checked.version} <tag>"
+        ) from exc
     log.info("published %s@%s by %s", name, checked.version, who.name)
     return _ok(201, id=name, rev=await _rev(request, name))
 

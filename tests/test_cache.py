@@ -275,3 +275,91 @@ async def test_wipe_and_gc_while_readers_and_writers_are_active(tmp_path: Path) 
     # Nothing hidden left behind: no temp files, no trash.
     leftovers = [p for p in (tmp_path / "cache").rglob(".t*")]
     assert leftovers == []
+
+
+# ------------------------------------------------------------ dry run, stats, progress, batches
+
+
+async def test_gc_dry_run_reports_the_same_and_deletes_nothing(cache: CacheLayer, clock: Clock) -> None:
+    await fill(cache, clock, ["a/1.tgz", "b/2.tgz", "c/3", "d/4.tgz"])
+    clock.advance(25)
+    before = [(info.key, info.size) for info in await cache.keys()]
+    dry = await cache.gc(max_bytes=150, max_age=40, dry_run=True)
+    assert [(info.key, info.size) for info in await cache.keys()] == before
+    assert dry.dry_run and cache.last_access("a/1.tgz") is not None
+    real = await cache.gc(max_bytes=150, max_age=40)
+    assert not real.dry_run
+    fields = ("entries_before", "bytes_before", "entries_after", "bytes_after", "evicted", "bytes_freed",
+              "expired", "bytes_expired")
+    assert {f: getattr(dry, f) for f in fields} == {f: getattr(real, f) for f in fields}
+    assert (real.evicted, real.expired, real.bytes_expired) == (3, 2, 200)
+
+
+async def test_gc_idle_age_only_for_expiring_keys(cache: CacheLayer, clock: Clock) -> None:
+    await fill(cache, clock, ["a/packument.json", "a/a-1.0.0.tgz", "b/packument.json", "b/b-1.0.0.tgz"])
+    clock.advance(1000)
+    report = await cache.gc(max_age=100, expires=lambda key: key.endswith(".tgz"))
+    assert [info.key for info in await cache.keys()] == ["a/packument.json", "b/packument.json"]
+    assert (report.evicted, report.expired) == (2, 2)
+    # The cap still applies to every key, least recently used first.
+    report = await cache.gc(max_bytes=100, max_age=100, expires=lambda key: key.endswith(".tgz"))
+    assert [info.key for info in await cache.keys()] == ["b/packument.json"]
+    assert (report.evicted, report.expired) == (1, 0)
+
+
+async def test_gc_progress_and_batches(cache: CacheLayer, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    import overlaystore.cache as cache_module
+
+    monkeypatch.setattr(cache_module, "DELETE_BATCH", 3)
+    monkeypatch.setattr(cache_module, "SCAN_REPORT_EVERY", 4)
+    await fill(cache, clock, [f"p{i:02d}/x.tgz" for i in range(10)], size=10)
+    calls: list[tuple[str, int, int]] = []
+    deletes: list[int] = []
+    real_delete_many = cache.backend.delete_many
+
+    async def counting_delete_many(keys):  # type: ignore[no-untyped-def]
+        keys = list(keys)
+        deletes.append(len(keys))
+        return await real_delete_many(keys)
+
+    monkeypatch.setattr(cache.backend, "delete_many", counting_delete_many)
+    report = await cache.gc(max_bytes=30, progress=lambda *a: calls.append(a))
+    assert report.evicted == 7 and deletes == [3, 3, 1]
+    assert [c for c in calls if c[0] == "scan"] == [("scan", 0, 10), ("scan", 4, 10), ("scan", 8, 10), ("scan", 10, 10)]
+    assert [c for c in calls if c[0] == "delete"] == [("delete", 0, 7), ("delete", 3, 7), ("delete", 6, 7), ("delete", 7, 7)]
+    # The survivors are the three most recently used.
+    assert [info.key for info in await cache.keys()] == ["p07/x.tgz", "p08/x.tgz", "p09/x.tgz"]
+
+
+async def test_gc_spares_entries_used_while_it_runs(cache: CacheLayer, clock: Clock,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    await fill(cache, clock, ["a/1", "b/2", "c/3"])
+    real_list = cache.backend.list_keys
+
+    async def list_then_read(prefix: str = ""):  # type: ignore[no-untyped-def]
+        found = await real_list(prefix)
+        if prefix == "c/":
+            # A request reads a/1 after the scan saw it as the oldest entry.
+            assert await cache.get("a/1") is not None
+        return found
+
+    monkeypatch.setattr(cache.backend, "list_keys", list_then_read)
+    report = await cache.gc(max_bytes=100)
+    assert [info.key for info in await cache.keys()] == ["a/1", "c/3"]
+    assert report.evicted == 1 and report.bytes_after == 200
+    assert cache.last_access("a/1") is not None
+
+
+async def test_stats(cache: CacheLayer, clock: Clock) -> None:
+    empty = await cache.stats()
+    assert (empty.entries, empty.bytes, empty.packages, empty.oldest_use) == (0, 0, 0, None)
+    start = clock.now
+    await fill(cache, clock, ["a/packument.json", "a/a-1.tgz", "@s/b/packument.json", "@s/b/b-1.tgz", "@s/b/b-2.tgz"])
+    progress: list[tuple[str, int, int]] = []
+    stats = await cache.stats(kind=lambda k: "tarball" if k.endswith(".tgz") else "packument",
+                              progress=lambda *a: progress.append(a))
+    assert (stats.entries, stats.bytes, stats.packages) == (5, 500, 2)
+    assert {k: (v.entries, v.bytes) for k, v in stats.by_kind.items()} == {"packument": (2, 200), "tarball": (3, 300)}
+    assert stats.oldest_use is not None and stats.newest_use is not None
+    assert start + 10 <= stats.oldest_use < stats.newest_use
+    assert progress[-1] == ("scan", 2, 2)

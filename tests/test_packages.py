@@ -422,6 +422,27 @@ async def test_publish_without_default_latest(store: PackageStore) -> None:
     assert fragment.dist_tags == {"acme": "4.17.21-acme.1", "latest": "4.17.22-acme.1"}
 
 
+async def test_publish_with_original_time(store: PackageStore) -> None:
+    # An import from another registry keeps each version's publish time;
+    # created follows the earliest version, modified is the time of the write.
+    data = tgz(P, "2.0.0")
+    fragment = await store.publish(P, "2.0.0", manifest(P, "2.0.0", data), data, tags={}, user=ALICE,
+                                   published_at=datetime(2021, 7, 8, 18, 2, 46, 251000, tzinfo=timezone.utc))
+    assert fragment.times == {"2.0.0": "2021-07-08T18:02:46.251Z"}
+    assert fragment.created == "2021-07-08T18:02:46.251Z"
+    assert fragment.modified is not None and fragment.modified.startswith("2026-")
+    data = tgz(P, "1.0.0")
+    fragment = await store.publish(P, "1.0.0", manifest(P, "1.0.0", data), data, tags={}, user=ALICE,
+                                   published_at=datetime(2020, 1, 2, 3, 4, 5, tzinfo=timezone.utc))
+    assert fragment.times == {"1.0.0": "2020-01-02T03:04:05.000Z", "2.0.0": "2021-07-08T18:02:46.251Z"}
+    assert fragment.created == "2020-01-02T03:04:05.000Z"
+    assert fragment.dist_tags == {"latest": "2.0.0"}
+    # A later ordinary publish is stamped now and leaves created alone.
+    fragment = await publish(store, P, "3.0.0")
+    assert fragment.created == "2020-01-02T03:04:05.000Z"
+    assert fragment.times["3.0.0"] == fragment.modified
+
+
 async def test_open_directories_recovers(tmp_path: Path) -> None:
     store = await PackageStore.open_directories(tmp_path / "pub", tmp_path / "cache")
     await publish(store, W, "1.0.0")

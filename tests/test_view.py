@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from overlaystore import view as view_module
+from overlaystore.changes import ChangeCounters
 from overlaystore.render import Rendered, Variant
 from overlaystore.view import ENTRY_OVERHEAD, ComposedView, ViewStats
 
@@ -157,4 +160,106 @@ def test_hit_is_cheap() -> None:
         samples.append(time.perf_counter_ns() - start)
     samples.sort()
     # Target is 5 us (see benchmarks); generous here so CI noise can't flake.
+    assert samples[len(samples) // 2] < 50_000
+
+
+# --- change counters shared with other processes (several workers) ----------
+
+
+@pytest.fixture
+def counters(tmp_path: Path) -> Iterator[tuple[ChangeCounters, ChangeCounters]]:
+    """Two handles on one counters file: ours, and another worker's."""
+    mine, other = ChangeCounters.for_store(tmp_path), ChangeCounters.for_store(tmp_path)
+    yield mine, other
+    mine.close()
+    other.close()
+
+
+def test_a_hit_whose_counter_moved_is_a_miss(counters: tuple[ChangeCounters, ChangeCounters]) -> None:
+    mine, other = counters
+    view = ComposedView(changes=mine)
+    r = fill(view, "a")
+    assert view.get("a", FULL, URL) is r
+    other.bump("a")  # another worker acknowledged a write of "a"
+    assert view.get("a", FULL, URL) is None
+    assert view.stats.entries == 0 and view.stats.misses == 1
+    # A fill that starts after the bump is good until the next one.
+    r2 = fill(view, "a")
+    assert view.get("a", FULL, URL) is r2
+    assert view.get("a", FULL, URL) is r2
+
+
+def test_every_variant_sees_the_moved_counter(counters: tuple[ChangeCounters, ChangeCounters]) -> None:
+    mine, other = counters
+    view = ComposedView(changes=mine)
+    for variant in Variant:
+        fill(view, "a", variant)
+    other.bump("a")
+    assert all(view.get("a", v, URL) is None for v in Variant)
+
+
+def test_a_fill_that_started_before_the_bump_is_a_miss(counters: tuple[ChangeCounters, ChangeCounters]) -> None:
+    mine, other = counters
+    view = ComposedView(changes=mine)
+    gen = view.generation("a")  # read before the stores ...
+    other.bump("a")  # ... another worker's write lands while we compose ...
+    view.put("a", FULL, URL, rendered(), generation=gen)  # ... our put may go in,
+    assert view.get("a", FULL, URL) is None  # but it is never served.
+
+
+def test_other_names_keep_their_hits(counters: tuple[ChangeCounters, ChangeCounters]) -> None:
+    mine, other = counters
+    names = {}
+    i = 0
+    while len(names) < 2:  # two names in different slots
+        names.setdefault(mine.slot(f"n{i}"), f"n{i}")
+        i += 1
+    a, b = names.values()
+    view = ComposedView(changes=mine)
+    fill(view, a)
+    kept = fill(view, b)
+    other.bump(a)
+    assert view.get(a, FULL, URL) is None
+    assert view.get(b, FULL, URL) is kept
+
+
+def test_generation_carries_the_counter(counters: tuple[ChangeCounters, ChangeCounters]) -> None:
+    mine, other = counters
+    other.bump("a")
+    gen = ComposedView(changes=mine).generation("a")
+    assert (gen.slot, gen.stamp) == (mine.slot("a"), 1)
+    assert ComposedView().generation("a").slot == -1  # no counters: the clock alone
+
+
+def test_a_bare_int_generation_records_the_counter_at_put(counters: tuple[ChangeCounters, ChangeCounters]) -> None:
+    mine, other = counters
+    view = ComposedView(changes=mine)
+    r = rendered()
+    assert view.put("a", FULL, URL, r, generation=0)
+    assert view.get("a", FULL, URL) is r
+    other.bump("a")
+    assert view.get("a", FULL, URL) is None
+
+
+def test_a_replaced_counters_file_empties_the_view(counters: tuple[ChangeCounters, ChangeCounters]) -> None:
+    mine, _ = counters
+    view = ComposedView(changes=mine)
+    fill(view, "a")
+    gen = view.generation("b")
+    mine.path.unlink()
+    assert mine.check()
+    assert view.stats.entries == 0
+    # A fill validated against the old file's values is refused.
+    assert not view.put("b", FULL, URL, rendered(), generation=gen)
+
+
+def test_hit_with_counters_is_cheap(counters: tuple[ChangeCounters, ChangeCounters]) -> None:
+    view = ComposedView(changes=counters[0])
+    fill(view, "a")
+    samples = []
+    for _ in range(2000):
+        start = time.perf_counter_ns()
+        view.get("a", FULL, URL)
+        samples.append(time.perf_counter_ns() - start)
+    samples.sort()
     assert samples[len(samples) // 2] < 50_000

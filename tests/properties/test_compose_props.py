@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from overlaystore._types import PackageName
 from overlaystore.compose import ABBREVIATED_FIELDS, ABBREVIATED_VERSION_FIELDS, compose
 from overlaystore.fragment import PublishedFragment
+from overlaystore.prepared import PLACEHOLDER_BYTES, PreparedUpstream
 from overlaystore.render import Variant, render
 from overlaystore.versions import version_key
 
@@ -208,6 +209,27 @@ def test_rendered_documents(case: Case) -> None:
         assert served == source
 
 
+_urls = st.sampled_from([URL, "https://npm.example.com/", 'http://h/a"b\\c', "http://h/\u00e9\u2028/x"])
+
+
+@given(cases(), _urls)
+def test_prepared_upstream_gives_the_same_bytes(case: Case, url: str) -> None:
+    """Splicing pre-serialized upstream versions changes no byte, for every variant,
+    also when the prepared document is re-used by a second composition."""
+    if case.upstream is None:
+        return
+    prepared = PreparedUpstream(case.name, case.upstream, digest="d", body_size=1)
+    before = copy.deepcopy(case.upstream)
+    for _ in range(2):
+        doc = compose(case.name, case.published, case.upstream)
+        for variant in Variant:
+            plain = render(doc, variant, url)
+            spliced = render(doc, variant, url, upstream=prepared)
+            assert spliced == plain
+            assert PLACEHOLDER_BYTES not in spliced.body
+    assert case.upstream == before
+
+
 @st.composite
 def huge_cases(draw: st.DrawFn) -> Case:
     """Thousands of versions, built from a drawn seed (drawing each one would be slow)."""
@@ -249,6 +271,10 @@ def test_thousands_of_versions(case: Case) -> None:
     check_invariant_4(case, doc)
     a = render(doc, Variant.FULL, URL)
     assert a.etag == render(compose(case.name, case.published, case.upstream), Variant.FULL, URL).etag
+    assert case.upstream is not None
+    prepared = PreparedUpstream(case.name, case.upstream, digest="d", body_size=1)
+    for variant in Variant:
+        assert render(doc, variant, URL, upstream=prepared) == render(doc, variant, URL)
 
 
 _SCRIPT = textwrap.dedent(
@@ -256,6 +282,7 @@ _SCRIPT = textwrap.dedent(
     import sys
     from overlaystore.compose import compose
     from overlaystore.fragment import PublishedFragment
+    from overlaystore.prepared import PreparedUpstream
     from overlaystore.render import Variant, render
     up = {"name": "@s/p", "_rev": "3-a", "dist-tags": {"latest": "1.0.0"},
           "versions": {v: {"name": "@s/p", "version": v, "k%d" % i: i, "scripts": {"install": "x"},
@@ -267,6 +294,10 @@ _SCRIPT = textwrap.dedent(
                             users={"zed": True, "amy": True}, rev=2)
     doc = compose("@s/p", pub, up)
     print(render(doc, Variant.FULL, "http://x").etag, render(doc, Variant.ABBREVIATED, "http://x").etag)
+    # Each process draws its own placeholder: the spliced bytes must not show it.
+    prepared = PreparedUpstream("@s/p", up, digest="d", body_size=1)
+    print(render(doc, Variant.FULL, "http://x", upstream=prepared).etag,
+          render(doc, Variant.ABBREVIATED, "http://x", upstream=prepared).etag)
     """
 )
 
@@ -280,3 +311,5 @@ def test_bytes_do_not_depend_on_the_process_hash_seed() -> None:
         result = subprocess.run([sys.executable, "-c", _SCRIPT], env=env, capture_output=True, text=True, check=True)
         outputs.add(result.stdout)
     assert len(outputs) == 1
+    plain, spliced = outputs.pop().splitlines()
+    assert plain == spliced

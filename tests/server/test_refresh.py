@@ -315,8 +315,56 @@ async def test_dist_index_spares_a_parse(make_env: Any, monkeypatch: pytest.Monk
     assert dist.tarball == env.fake.tarball_url("@acme/widget", "1.1.0")
     assert dist.integrity == env.fake.integrity("@acme/widget", "1.1.0")
     assert dist.shasum is not None and parses == 0
-    assert await env.source.dist(N("@acme/widget"), "9.9.9") is None  # unknown: asks the packument
+    assert await env.source.dist(N("@acme/widget"), "9.9.9") is None  # unknown: asks the packument ...
+    assert parses == 0  # ... whose unchanged body the parsed cache answers for
+    env.source.parsed_cache.clear()
+    assert await env.source.dist(N("@acme/widget"), "9.9.9") is None
     assert parses == 1
+
+
+async def test_unchanged_bodies_are_parsed_once(make_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cache hits, 304s and stale-if-error re-use the parse of the same body; a new body is parsed."""
+    env: Env = await make_env()
+    env.fake.add_package("left-pad", ["1.0.0"])
+    parses = 0
+    real = refresh.parse_document
+
+    async def counting(body: bytes) -> dict[str, Any]:
+        nonlocal parses
+        parses += 1
+        return await real(body)
+
+    monkeypatch.setattr(refresh, "parse_document", counting)
+    first = await env.source.packument(N("left-pad"))
+    assert first is not None and first.prepared is not None and parses == 1
+    again = await env.source.packument(N("left-pad"))  # fresh in the cache
+    assert again is not None and again.doc is first.doc and again.prepared is first.prepared
+    env.clock.now += MAX_AGE + 1
+    revalidated = await env.source.packument(N("left-pad"))  # 304
+    assert revalidated is not None and revalidated.source == "revalidated" and revalidated.doc is first.doc
+    env.clock.now += MAX_AGE + 1
+    env.fake.fail_next(1, status=500)
+    stale = await env.source.packument(N("left-pad"))
+    assert stale is not None and stale.stale and stale.doc is first.doc
+    assert parses == 1
+    env.fake.add_package("left-pad", ["1.0.0", "1.1.0"])
+    env.clock.now += MAX_AGE + 1
+    changed = await env.source.packument(N("left-pad"))  # 200: parsed, and kept for next time
+    assert changed is not None and "1.1.0" in changed.doc["versions"] and parses == 2
+    assert (await env.source.packument(N("left-pad"))).doc is changed.doc  # type: ignore[union-attr]
+    assert parses == 2
+
+
+async def test_parsed_cache_can_be_disabled(fake_upstream: FakeUpstream, tmp_path: Path) -> None:
+    fake_upstream.add_package("left-pad", ["1.0.0"])
+    store = await PackageStore.open_directories(tmp_path / "p", tmp_path / "c")
+    offline = UpstreamSource(store, None, UpstreamConfig(url=None), parsed_max_bytes=0)
+    body = orjson.dumps(fake_upstream.packument("left-pad"))
+    await store.store_packument(N("left-pad"), body, CacheMeta(fetched_at=0.0))
+    a, b = await offline.packument(N("left-pad")), await offline.packument(N("left-pad"))
+    assert a is not None and b is not None and a.doc == b.doc and a.doc is not b.doc
+    assert len(offline.parsed_cache) == 0
+    assert a.prepared is None  # nothing kept: no fragments worth building
 
 
 async def test_large_document_parses_off_loop(make_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,271 @@
+"""``overlaystore serve --workers N``: N server processes sharing one port.
+
+* **Processes.** The parent (a supervisor that serves nothing itself) starts
+  N workers with multiprocessing's *spawn* method (fresh interpreters: no
+  thread, lock or event loop is inherited). Each runs the application of the
+  single-process server (:func:`server.app.make_app`) on its own listening
+  socket bound with ``SO_REUSEPORT``, so the kernel spreads new connections
+  over them. Before spawning, the parent checks that the address is free
+  with a socket *without* ``SO_REUSEPORT``: two servers must never silently
+  share a port. Responses carry ``X-Overlaystore-Worker: <1..N>``.
+* **One start line**, from the parent, once every worker listens (with the
+  workers' pids). Worker log lines carry ``[worker <n>]``.
+* **A worker that dies is fatal.** If a worker exits (or fails to start)
+  while the server is not shutting down, the parent logs it, stops the other
+  workers gracefully and exits with status 1: the service manager (systemd,
+  a container runtime) restarts the whole server and the failure is visible.
+  Workers are never restarted silently.
+* **Shutdown.** SIGTERM or SIGINT to the parent is forwarded (as SIGTERM) to
+  every worker, which stops accepting, lets in-flight requests finish (up to
+  :data:`server.app.SHUTDOWN_TIMEOUT_S`) and exits; the parent exits 0 once
+  all have exited cleanly. A worker still running
+  :data:`KILL_MARGIN_S` after that is killed (exit status 1). A worker acts on
+  the first signal only (a terminal's Ctrl-C reaches every process of the
+  group *and* is forwarded by the parent); a worker whose parent vanished
+  (SIGKILL) shuts itself down within :data:`PARENT_CHECK_S`.
+* **Coherence.** Each worker keeps its own composed LRU. A write bumps the
+  package's counter in the shared :class:`~overlaystore.changes.ChangeCounters`
+  before it is acknowledged, and every LRU hit checks it, so a publish
+  acknowledged by one worker is visible to the very next request on any
+  other (read-your-writes). The watcher still covers changes made by other
+  programs. With one worker none of this runs: ``workers = 1`` is the plain
+  single-process server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from types import FrameType
+
+from aiohttp import web
+
+from overlaystore.errors import OverlayStoreError
+
+from .access_log import AccessLogger
+from .app import SHUTDOWN_TIMEOUT_S, connection_options, describe, make_app
+from .config import Config
+from .keys import WORKER
+
+log = logging.getLogger("overlaystore.server")
+
+#: Response header naming the worker (1..N) that answered.
+WORKER_HEADER = "X-Overlaystore-Worker"
+#: Extra seconds a worker gets beyond the graceful shutdown timeout before it is killed.
+KILL_MARGIN_S = 10.0
+#: How often a worker checks that its parent is still there.
+PARENT_CHECK_S = 1.0
+#: How often the parent wakes up while waiting (signals are also handled in between).
+_TICK_S = 0.5
+
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s{tag}: %(message)s"
+
+
+def _configure_logging(config: Config, tag: str = "") -> None:
+    logging.basicConfig(level=config.server.log_level.upper(), format=_LOG_FORMAT.format(tag=tag))
+
+
+def _check_address_free(host: str, port: int) -> None:
+    """Bind (without SO_REUSEPORT) every address the workers will bind: it
+    fails if anything, another overlaystore included, listens there."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise OverlayStoreError(f"cannot resolve {host}: {exc.strerror}") from None
+    for family, kind, proto, _name, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise OverlayStoreError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+# ------------------------------------------------------------------ a worker
+
+
+class _Stopper:
+    """Turns the first SIGTERM/SIGINT (or the parent's disappearance) into
+    aiohttp's graceful exit; later ones are ignored while shutting down."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._parent = os.getppid()
+        self._stopping = False
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self.stop, sig.name)
+        self._loop.call_later(PARENT_CHECK_S, self._check_parent)
+
+    def stop(self, why: str) -> None:
+        if self._stopping:
+            log.debug("%s while stopping: ignored", why)
+            return
+        self._stopping = True
+        log.debug("%s: shutting down", why)
+        raise web.GracefulExit()  # out of run_until_complete: run_app shuts down gracefully
+
+    def _check_parent(self) -> None:
+        if os.getppid() != self._parent:
+            log.warning("the supervisor process is gone; shutting down")
+            self.stop("parent exited")
+        elif not self._stopping:
+            self._loop.call_later(PARENT_CHECK_S, self._check_parent)
+
+
+async def _name_worker(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers[WORKER_HEADER] = str(request.app[WORKER])
+
+
+def _worker_main(config: Config, index: int, ready: Connection) -> None:
+    """One worker process (the target of a spawned Process)."""
+    _configure_logging(config, f" [worker {index}]")
+    loop = asyncio.new_event_loop()
+    stopper = _Stopper(loop)
+    stopper.install()
+    app = make_app(config)
+    app[WORKER] = index
+    app.on_response_prepare.append(_name_worker)
+
+    def listening(*_: object) -> None:  # run_app's "Running on ..." hook: every socket is bound
+        try:
+            ready.send(os.getpid())
+            ready.close()
+        except OSError:  # the parent is gone: _Stopper notices
+            pass
+
+    access = logging.getLogger("overlaystore.access") if config.server.access_log else None
+    try:
+        web.run_app(
+            app,
+            host=config.server.host,
+            port=config.server.port,
+            reuse_port=True,
+            handle_signals=False,
+            loop=loop,
+            access_log=access,
+            access_log_class=AccessLogger,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+            print=listening,
+            **connection_options(config),
+        )
+    except OSError as exc:
+        log.error("cannot serve on %s:%d: %s", config.server.host, config.server.port, exc.strerror or exc)
+        raise SystemExit(1) from None
+    finally:
+        loop.close()
+
+
+# ------------------------------------------------------------------ the parent
+
+
+class _Supervisor:
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._context = multiprocessing.get_context("spawn")
+        self._processes: list[BaseProcess] = []
+        self._stopping_since: float | None = None
+        self._failed = False
+
+    def signal(self, signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self._stopping_since is None:
+            log.info("%s: stopping %d workers", name, len(self._processes))
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._stopping_since is None:
+            self._stopping_since = time.monotonic()
+        for process in self._processes:
+            if process.exitcode is None and process.pid is not None:
+                try:
+                    os.kill(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    def run(self) -> int:
+        config = self._config
+        count = config.server.workers
+        readers: dict[Connection, int] = {}
+        for index in range(1, count + 1):
+            receive, send = self._context.Pipe(duplex=False)
+            process = self._context.Process(
+                target=_worker_main, args=(config, index, send), name=f"overlaystore-worker-{index}"
+            )
+            process.start()
+            send.close()
+            self._processes.append(process)
+            readers[receive] = index
+            if self._stopping_since is not None:  # a signal arrived while starting
+                self._stop()
+        pids: dict[int, int] = {}
+        while any(p.exitcode is None for p in self._processes):
+            sentinels = {p.sentinel: i for i, p in enumerate(self._processes, 1) if p.exitcode is None}
+            for ready in wait([*readers, *sentinels], timeout=_TICK_S):
+                if isinstance(ready, Connection):
+                    index = readers.pop(ready)
+                    try:
+                        pids[index] = ready.recv()
+                    except EOFError:  # it died before listening: its sentinel says more
+                        pass
+                    ready.close()
+                    if len(pids) == count and self._stopping_since is None:
+                        log.info("%s, %d workers (pids %s)", describe(config), count,
+                                 ", ".join(str(pids[i]) for i in sorted(pids)))
+                else:
+                    self._exited(sentinels[ready])  # type: ignore[index]
+            if self._stopping_since is not None and time.monotonic() > self._stopping_since + SHUTDOWN_TIMEOUT_S + KILL_MARGIN_S:
+                for index, process in enumerate(self._processes, 1):
+                    if process.exitcode is None:
+                        log.error("worker %d (pid %s) did not stop in time; killing it", index, process.pid)
+                        process.kill()
+                        process.join()
+                self._failed = True
+        for reader in readers:
+            reader.close()
+        return 1 if self._failed else 0
+
+    def _exited(self, index: int) -> None:
+        process = self._processes[index - 1]
+        process.join()
+        code = process.exitcode
+        assert code is not None
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+        if self._stopping_since is None:
+            log.error("worker %d (pid %s) %s; stopping the server", index, process.pid, how)
+            self._failed = True
+            self._stop()
+        elif code not in (0, -signal.SIGTERM, -signal.SIGINT):
+            log.error("worker %d (pid %s) %s while stopping", index, process.pid, how)
+            self._failed = True
+        else:
+            log.debug("worker %d (pid %s) %s", index, process.pid, how)
+
+
+def serve_workers(config: Config) -> int:
+    """Run ``config.server.workers`` worker processes until SIGTERM/SIGINT;
+    returns the exit status (0: clean shutdown, 1: a worker failed)."""
+    _configure_logging(config)
+    if config.server.port == 0:
+        raise OverlayStoreError("several workers need a fixed port to share (listen on HOST:PORT, not port 0)")
+    _check_address_free(config.server.host, config.server.port)
+    supervisor = _Supervisor(config)
+    previous = {sig: signal.signal(sig, supervisor.signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return supervisor.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+__all__ = ["KILL_MARGIN_S", "PARENT_CHECK_S", "WORKER_HEADER", "serve_workers"]
