@@ -72,7 +72,7 @@ class CacheConfig:
     view_max_bytes: int = 256 * MiB
     #: Size cap (estimated memory) of the parsed upstream packuments kept so
     #: that a composed-LRU miss does not re-parse an unchanged body; 0: none.
-    parsed_max_bytes: int = 256 * MiB
+    parsed_max_bytes: int = 64 * MiB
 
 
 @dataclass(frozen=True, slots=True)
