@@ -45,7 +45,7 @@ STALE_AFTER: Final = 3600.0
 _COPY_CHUNK = 1 << 20
 # How often a write retries when its directory keeps vanishing (each retry
 # means a concurrent wipe made progress, so a small bound suffices).
-_ATTEMPTS = 8
+_ATTEMPTS = 32
 
 
 def temp_name(base: str) -> str:
