@@ -162,12 +162,18 @@ def describe(config: Config) -> str:
     )
 
 
+#: Pending connections the kernel queues for accept() (aiohttp's default is
+#: 128, which a burst of connections overflows: the excess then waits for SYN
+#: retransmits, seconds). The kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 1024
+
+
 def connection_options(config: Config) -> dict[str, float]:
-    """aiohttp connection-handler settings for ``web.run_app``: the keep-alive
-    timer doubles as the deadline for a request's headers, which is what
-    bounds slow-loris clients (a stalled body is bounded per request, see
+    """Connection settings for ``web.run_app``: the keep-alive timer doubles
+    as the deadline for a request's headers, which is what bounds slow-loris
+    clients (a stalled body is bounded per request, see
     :func:`server.request_info.read_body`)."""
-    return {"keepalive_timeout": config.server.keepalive_timeout_s}
+    return {"keepalive_timeout": config.server.keepalive_timeout_s, "backlog": LISTEN_BACKLOG}
 
 
 def run(config: Config) -> None:

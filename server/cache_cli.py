@@ -19,15 +19,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from .progress import progress_bars
+
 if TYPE_CHECKING:
-    from overlaystore.cache import CacheLayer, Progress
+    from overlaystore.cache import CacheLayer
 
     from .config import Config
 
@@ -93,33 +93,6 @@ def _layer(config: Config) -> CacheLayer:
     return CacheLayer(FileBackend(config.storage.cache))
 
 
-@contextmanager
-def _progress_bars(args: argparse.Namespace) -> Iterator[Progress | None]:
-    """A ``progress(phase, done, total)`` drawing one tqdm bar per phase, or
-    None when no bar is wanted."""
-    if not (getattr(args, "progress", False) or sys.stderr.isatty()):
-        yield None
-        return
-    from tqdm import tqdm
-
-    bars: dict[str, Any] = {}
-
-    def progress(phase: str, done: int, total: int) -> None:
-        bar = bars.get(phase)
-        if bar is None:
-            for other in bars.values():
-                other.close()
-            desc, unit = _PHASES.get(phase, (phase, "items"))
-            bar = bars[phase] = tqdm(total=total, desc=desc, unit=f" {unit}", file=sys.stderr, leave=False)
-        bar.update(done - bar.n)
-
-    try:
-        yield progress
-    finally:
-        for bar in bars.values():
-            bar.close()
-
-
 def _ago(moment: float | None) -> str:
     if moment is None:
         return "-"
@@ -150,7 +123,7 @@ def _stats(args: argparse.Namespace, config: Config) -> int:
     from .cache_admin import format_bytes, kind_of, stats_json
 
     layer = _layer(config)
-    with _progress_bars(args) as progress:
+    with progress_bars(args, _PHASES) as progress:
         stats = asyncio.run(layer.stats(kind=kind_of, progress=progress))
     if args.json:
         print(json.dumps({"path": str(config.storage.cache), **stats_json(stats)}, indent=2))
@@ -176,7 +149,7 @@ def _gc(args: argparse.Namespace, config: Config) -> int:
     max_bytes = config.cache.max_bytes if args.max_bytes is None else parse_size(args.max_bytes, "--max-bytes")
     max_age = config.cache.max_age_s if args.max_age is None else parse_duration(args.max_age, "--max-age")
     layer = _layer(config)
-    with _progress_bars(args) as progress:
+    with progress_bars(args, _PHASES) as progress:
         report = asyncio.run(
             layer.gc(max_bytes, max_age, dry_run=args.dry_run, expires=is_tarball, progress=progress)
         )

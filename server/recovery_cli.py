@@ -19,23 +19,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from overlaystore.errors import InvalidInput
 
+from .progress import progress_bars
+
 if TYPE_CHECKING:
-    from overlaystore.backup import ExtraFile, Progress
+    from overlaystore.backup import ExtraFile
 
     from .config import AuthConfig, Config
 
 Loader = Callable[[argparse.Namespace], "Config"]
-_UNITS = {"packages": "packages", "backup": "packages", "restore": "files", "verify": "files"}
+_LABELS = {"packages": ("packages", "packages"), "backup": ("backup", "packages"),
+           "restore": ("restore", "files"), "verify": ("verify", "files")}
 
 
 def add_commands(
@@ -106,31 +108,6 @@ def add_commands(
     restore.set_defaults(func=lambda args: _restore(args, load(args)))
 
 
-@contextlib.contextmanager
-def _progress_bars(args: argparse.Namespace) -> Iterator[Progress | None]:
-    """A ``progress(phase, done, total)`` drawing one tqdm bar per phase, or
-    None when no bar is wanted."""
-    if not (getattr(args, "progress", False) or sys.stderr.isatty()):
-        yield None
-        return
-    from tqdm import tqdm
-
-    bars: dict[str, Any] = {}
-
-    def progress(phase: str, done: int, total: int) -> None:
-        bar = bars.get(phase)
-        if bar is None:
-            bar = bars[phase] = tqdm(total=total or None, desc=phase, unit=f" {_UNITS.get(phase, 'items')}",
-                                     file=sys.stderr, leave=False)
-        bar.update(done - bar.n)
-
-    try:
-        yield progress
-    finally:
-        for bar in bars.values():
-            bar.close()
-
-
 def auth_extras(auth: AuthConfig) -> list[ExtraFile]:
     """The user and token files as backup extras, read and replaced under
     the same cross-process lock the server's account code takes."""
@@ -168,7 +145,7 @@ def _size(n: int) -> str:
 def _import_verdaccio(args: argparse.Namespace, config: Config) -> int:
     from .migrate_verdaccio import import_verdaccio
 
-    with _progress_bars(args) as progress:
+    with progress_bars(args, _LABELS) as progress:
         report = asyncio.run(import_verdaccio(
             args.storage,
             published_root=config.storage.published,
@@ -196,7 +173,7 @@ def _backup(args: argparse.Namespace, config: Config) -> int:
     target = args.file.resolve()
     if root == target or root in target.parents:
         raise InvalidInput(f"the backup file {target} must not be inside the published store {root}")
-    with _progress_bars(args) as progress:
+    with progress_bars(args, _LABELS) as progress:
         # No recovery: a backup must not change the live store.
         report = asyncio.run(create_backup(PublishedLayer(FileBackend(root)), args.file,
                                            extras=auth_extras(config.auth), progress=progress))
@@ -215,7 +192,7 @@ def _restore(args: argparse.Namespace, config: Config) -> int:
     from overlaystore.disk import FileBackend
     from overlaystore.published import PublishedLayer
 
-    with _progress_bars(args) as progress:
+    with progress_bars(args, _LABELS) as progress:
         if args.verify_only:
             manifest = verify_backup(args.file, progress=progress)
             size = sum(f.size for f in manifest.files)
