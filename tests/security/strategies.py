@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from hypothesis import strategies as st
 
@@ -39,6 +39,12 @@ def url_segment(token: str) -> str:
     """``token`` as raw URL text: existing escapes kept, everything a request
     line cannot carry (space, controls, non-ASCII) percent-encoded."""
     return quote(token, safe="!$&'()*+,;=:@%/\\-._~?#<>|\"[]{}^`")
+
+
+def as_server_sees(segment: str) -> str:
+    """The decoded path segment the server gets (a raw ``?`` starts the query,
+    a ``#`` the fragment)."""
+    return unquote(segment.split("?", 1)[0].split("#", 1)[0])
 
 
 def invalid_new_name(raw: str) -> bool:

@@ -27,7 +27,6 @@ import os
 import tarfile
 import time
 import zlib
-from urllib.parse import unquote
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +45,7 @@ from .conftest import PASSWORD, Results
 from .helpers import Tree, as_body, assert_responsive, check_error_body, expect_4xx, expect_not_5xx, package_entries, raw_request
 from .strategies import (
     TRAVERSAL_TEXT,
+    as_server_sees,
     deep_json_bytes,
     hostile_name_segments,
     invalid_new_name,
@@ -253,7 +253,7 @@ async def test_odd_stored_fields_never_break_the_package_slow(
 
 
 async def _name_case(reg: Registry, results: Results, segment: str) -> None:
-    decoded = unquote(segment.split("?", 1)[0].split("#", 1)[0])
+    decoded = as_server_sees(segment)
     assume(invalid_new_name(decoded))
     body = orjson.dumps(publish_body(decoded, V))
     server = reg.client.server
