@@ -28,8 +28,8 @@ def upstream(versions: tuple[str, ...] = ("1.0.0", "1.1.0", "2.0.0")) -> dict[st
                 "name": NAME,
                 "version": v,
                 "scripts": {"install": "node-gyp rebuild"},
-                "readme": f"mentions https://registry.npmjs.org/{NAME}/-/widget-{v}.tgz and @0123456789abcdef",
-                "dist": {"shasum": "0" * 40, "tarball": f"https://registry.npmjs.org/{NAME}/-/widget-{v}.tgz"},
+                "readme": f"mentions http://upstream.test/{NAME}/-/widget-{v}.tgz and @0123456789abcdef",
+                "dist": {"shasum": "0" * 40, "tarball": f"http://upstream.test/{NAME}/-/widget-{v}.tgz"},
             }
             for v in versions
         },
@@ -82,7 +82,7 @@ def test_the_placeholder_is_random_and_only_replaced_where_placed() -> None:
     doc = compose(NAME, None, up)
     out = orjson.loads(render(doc, Variant.FULL, URL, upstream=prepared).body)
     assert out["versions"]["1.0.0"]["description"] == "@" + "f" * 32
-    assert "registry.npmjs.org" in out["versions"]["1.0.0"]["readme"]  # only dist.tarball is rewritten
+    assert "upstream.test" in out["versions"]["1.0.0"]["readme"]  # only dist.tarball is rewritten
 
 
 def test_fragments_are_built_once_per_variant_and_counted() -> None:
