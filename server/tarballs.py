@@ -32,19 +32,24 @@ async def get_tarball(request: web.Request) -> web.StreamResponse:
     filename = _filename(request)
     await require_read(request, name)
     store = request.app[STORE]
-    documents = request.app[DOCUMENTS]
-    fragment = await store.fragment(name)
-    provenance = documents.classify(name, fragment)
+    head = request.method == "HEAD"
     ref = await store.tarball(name, filename)
-    if ref is not None and (ref.layer == "published" or provenance is not Provenance.PRIVATE):
+    provenance: Provenance | None = None
+    if ref is not None and ref.layer != "published":
+        # Only a cached copy needs the name's provenance: a name that has
+        # become private is served from the published store alone.
+        provenance = request.app[DOCUMENTS].classify(name, await store.fragment(name))
+    if ref is not None and provenance is not Provenance.PRIVATE:
         # Tarballs are immutable: a long max-age is safe, and never gzip them
         # (npm would hash the gunzipped tar and fail with EINTEGRITY).
-        response = await serve_ref(ref, head=request.method == "HEAD")
+        response = await serve_ref(ref, head=head)
         if response is not None:
             request[OUTCOME] = ref.layer
             return response
-        # A cache file removed since the lookup (a wipe or GC): a miss.
+        # A file removed since the lookup (a wipe or GC): a miss.
+    if provenance is None:
+        provenance = request.app[DOCUMENTS].classify(name, await store.fragment(name))
     if provenance is Provenance.PRIVATE:
         raise NotFound(f"no tarball {filename} for {name}")
     request[OUTCOME] = "upstream"
-    return await request.app[TARBALLS].serve(request, name, filename, head=request.method == "HEAD")
+    return await request.app[TARBALLS].serve(request, name, filename, head=head)

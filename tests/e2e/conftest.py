@@ -83,9 +83,24 @@ class Server:
     def log_path(self) -> Path:
         return self.root / "server.log"
 
+    #: Seconds the server may take to become ready.
+    start_timeout: float = 20.0
+
+    def extra_args(self) -> list[str]:
+        """Flags added to ``overlaystore serve`` (subclasses)."""
+        return []
+
+    def ready(self) -> bool:
+        """Whether the started process answers requests."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ping", timeout=1) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
     def start(self) -> None:
         cmd = [
-            sys.executable, "-m", "server", "serve",
+            sys.executable, "-m", "server", "serve", *self.extra_args(),
             "--listen", f"127.0.0.1:{self.port}",
             "--published-storage", str(self.root / "published"),
             "--cache-storage", str(self.root / "cache"),
@@ -95,16 +110,13 @@ class Server:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(cmd, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ping", timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.05)
+            if self.ready():
+                return
+            time.sleep(0.05)
         raise RuntimeError(f"server did not start: {self.log_path.read_text()}")
 
     def stop(self) -> None:

@@ -20,8 +20,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -51,30 +49,19 @@ class WorkersServer(Server):
     workers: int = WORKERS
     pids: list[int] = field(default_factory=list)
 
-    def start(self) -> None:
-        cmd = [
-            sys.executable, "-m", "server", "serve",
-            "--workers", str(self.workers),
-            "--listen", f"127.0.0.1:{self.port}",
-            "--published-storage", str(self.root / "published"),
-            "--cache-storage", str(self.root / "cache"),
-            "--upstream", self.upstream_url,
-        ]
-        env = {**os.environ, "OVERLAYSTORE_CONFIG": "", "PYTHONUNBUFFERED": "1"}
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(cmd, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=env)
-        log.close()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log_path.read_text()}")
-            match = _START_LINE.search(self.log_path.read_text())
-            if match:
-                assert int(match[1]) == self.workers
-                self.pids = [int(p) for p in match[2].split(", ")]
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"server did not start: {self.log_path.read_text()}")
+    start_timeout: float = 60.0
+
+    def extra_args(self) -> list[str]:
+        return ["--workers", str(self.workers)]
+
+    def ready(self) -> bool:
+        """Ready once the supervisor's start line says every worker listens."""
+        match = _START_LINE.search(self.log_path.read_text())
+        if match is None:
+            return False
+        assert int(match[1]) == self.workers
+        self.pids = [int(p) for p in match[2].split(", ")]
+        return True
 
     def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
                 ) -> tuple[int, dict[str, str], bytes]:
