@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -168,12 +169,21 @@ def describe(config: Config) -> str:
 LISTEN_BACKLOG = 1024
 
 
-def connection_options(config: Config) -> dict[str, float]:
-    """Connection settings for ``web.run_app``: the keep-alive timer doubles
-    as the deadline for a request's headers, which is what bounds slow-loris
-    clients (a stalled body is bounded per request, see
+def run_options(config: Config) -> dict[str, Any]:
+    """The ``web.run_app`` settings every serving process shares: address,
+    access log, graceful-shutdown time, and connection limits. The keep-alive
+    timer doubles as the deadline for a request's headers, which is what
+    bounds slow-loris clients (a stalled body is bounded per request, see
     :func:`server.request_info.read_body`)."""
-    return {"keepalive_timeout": config.server.keepalive_timeout_s, "backlog": LISTEN_BACKLOG}
+    return {
+        "host": config.server.host,
+        "port": config.server.port,
+        "access_log": logging.getLogger("overlaystore.access") if config.server.access_log else None,
+        "access_log_class": AccessLogger,
+        "shutdown_timeout": SHUTDOWN_TIMEOUT_S,
+        "keepalive_timeout": config.server.keepalive_timeout_s,
+        "backlog": LISTEN_BACKLOG,
+    }
 
 
 def run(config: Config) -> None:
@@ -183,15 +193,5 @@ def run(config: Config) -> None:
         level=config.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    access = logging.getLogger("overlaystore.access") if config.server.access_log else None
     log.info("%s", describe(config))
-    web.run_app(
-        make_app(config),
-        host=config.server.host,
-        port=config.server.port,
-        access_log=access,
-        access_log_class=AccessLogger,
-        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-        print=None,
-        **connection_options(config),
-    )
+    web.run_app(make_app(config), print=None, **run_options(config))

@@ -49,8 +49,7 @@ from aiohttp import web
 
 from overlaystore.errors import OverlayStoreError
 
-from .access_log import AccessLogger
-from .app import SHUTDOWN_TIMEOUT_S, connection_options, describe, make_app
+from .app import SHUTDOWN_TIMEOUT_S, describe, make_app, run_options
 from .config import Config
 from .keys import WORKER
 
@@ -144,20 +143,14 @@ def _worker_main(config: Config, index: int, ready: Connection) -> None:
         except OSError:  # the parent is gone: _Stopper notices
             pass
 
-    access = logging.getLogger("overlaystore.access") if config.server.access_log else None
     try:
         web.run_app(
             app,
-            host=config.server.host,
-            port=config.server.port,
             reuse_port=True,
             handle_signals=False,
             loop=loop,
-            access_log=access,
-            access_log_class=AccessLogger,
-            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
             print=listening,
-            **connection_options(config),
+            **run_options(config),
         )
     except OSError as exc:
         log.error("cannot serve on %s:%d: %s", config.server.host, config.server.port, exc.strerror or exc)

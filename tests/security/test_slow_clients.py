@@ -11,7 +11,7 @@ answered promptly. After the configured bounds, every hostile connection
 must have been closed by the server (a stalled body answered 408 first) and
 the server's open descriptors must be back where they started.
 
-The limits (README, Configuration; ``server.app.connection_options``):
+The limits (README, Configuration; ``server.app.run_options``):
 
 * ``keepalive_timeout`` (default 75 s): an idle keep-alive connection is
   closed after it, and it is also all a client gets to send a request's
@@ -287,17 +287,18 @@ async def test_the_default_limits_cut_a_slowloris(tmp_path: Path, security_resul
 
 
 def test_the_limits_are_configurable_and_reach_aiohttp(tmp_path: Path) -> None:
-    from server.app import connection_options
+    from server.app import run_options
     from server.config_file import ConfigError, load_config
 
     default = load_config(None, env={}, overrides={}, discover_upstream=False)
     assert (default.server.keepalive_timeout_s, default.server.body_timeout_s) == (75.0, 60.0)
-    assert connection_options(default) == {"keepalive_timeout": 75.0, "backlog": 1024}
+    options = run_options(default)
+    assert (options["keepalive_timeout"], options["backlog"]) == (75.0, 1024)
     path = tmp_path / "c.toml"
     path.write_text('keepalive_timeout = "10s"\nbody_timeout = 5\n')
     config = load_config(path, env={}, overrides={}, discover_upstream=False)
     assert (config.server.keepalive_timeout_s, config.server.body_timeout_s) == (10.0, 5.0)
-    assert connection_options(config)["keepalive_timeout"] == 10.0
+    assert run_options(config)["keepalive_timeout"] == 10.0
     for bad in ('keepalive_timeout = 0\n', 'body_timeout = "soon"\n'):
         path.write_text(bad)
         with pytest.raises(ConfigError):
