@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -60,14 +61,24 @@ async def fetch(reg: Registry, fake: Any, name: str, versions: list[str] | None 
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    """Every regular file under ``root`` (hidden entries skipped) and its bytes."""
-    if not root.exists():
-        return {}
-    return {
-        str(p.relative_to(root)): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    }
+    """Every regular file under ``root`` (hidden entries skipped) and its bytes.
+
+    A background GC may remove files and directories while this walks, so
+    whatever vanishes mid-walk is left out rather than raised (``os.walk``
+    ignores directories it can no longer list).
+    """
+    found: dict[str, bytes] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for filename in filenames:
+            if filename.startswith("."):
+                continue
+            path = Path(dirpath, filename)
+            try:
+                found[str(path.relative_to(root))] = path.read_bytes()
+            except FileNotFoundError:
+                continue
+    return dict(sorted(found.items()))
 
 
 def cache_files(root: Path) -> dict[str, int]:
