@@ -12,7 +12,13 @@ def _lookup(argv: Sequence[str]) -> int:
     return main(argv)
 
 
-BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {"lookup": _lookup}
+def _peers(argv: Sequence[str]) -> int:
+    from benchmarks.side_by_side import main
+
+    return main(argv)
+
+
+BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {"lookup": _lookup, "peers": _peers}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

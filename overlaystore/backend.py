@@ -130,6 +130,15 @@ class Backend(Protocol):
     async def list_keys(self, prefix: str = "") -> list[BlobInfo]:
         """Every key under directory prefix ``prefix`` (recursive), sorted."""
 
+    async def list_children(self, prefix: str) -> dict[str, str]:
+        """Every key directly under directory prefix ``prefix`` (not
+        recursive), without reading or stat-ing them, mapped to an opaque tag
+        that changes when the key is written again: what a reader needs to
+        keep parsed write-once values across calls. FileBackend's tag is the
+        inode number from the directory entry (a replace always gets a new
+        one; a delete then re-create may reuse it), an object store's would
+        be its ETag."""
+
     async def package_names(self) -> list[PackageName]:
         """Every package name that has at least one key, sorted."""
 

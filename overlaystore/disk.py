@@ -95,6 +95,9 @@ class FileBackend:
     async def list_keys(self, prefix: str = "") -> list[BlobInfo]:
         return await self._io("listing", _list, self._root, check_prefix(prefix))
 
+    async def list_children(self, prefix: str) -> dict[str, str]:
+        return await self._io("listing", _children, self._root / check_prefix(prefix), prefix)
+
     async def package_names(self) -> list[PackageName]:
         return await self._io("listing", _package_names, self._root)
 
@@ -289,6 +292,19 @@ def _list(root: Path, prefix: str) -> list[BlobInfo]:
                 continue  # removed while we looked
     out.sort(key=lambda info: info.key)
     return out
+
+
+def _children(path: Path, prefix: str) -> dict[str, str]:
+    # d_type and d_ino come with the directory entry: a stat per file costs as
+    # much as reading a small one, which is what this listing exists to avoid.
+    try:
+        entries = sorted(
+            (e for e in os.scandir(path) if not e.name.startswith(".") and e.is_file(follow_symlinks=False)),
+            key=lambda e: e.name,
+        )
+    except _MISSING:
+        return {}
+    return {prefix + e.name: str(e.inode()) for e in entries}
 
 
 def _subdirs(path: Path) -> list[str]:

@@ -13,6 +13,8 @@ The only place that knows the order of the layers:
 
 from __future__ import annotations
 
+import asyncio
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -64,11 +66,21 @@ class LayeredStore:
         self._hits = {"published": 0, "cache": 0, "miss": 0}
 
     @classmethod
-    async def open_directories(cls, published_root: Path, cache_root: Path) -> LayeredStore:
-        """Filesystem layers on the two roots, created and recovered."""
+    async def open_directories(
+        cls, published_root: Path, cache_root: Path, *, recover_cache: bool = True
+    ) -> LayeredStore:
+        """Filesystem layers on the two roots, created and recovered.
+
+        ``recover_cache=False`` leaves the cache's leftovers to a later
+        ``cache.recover()``: a walk of a large cache takes seconds, and its
+        temp files are invisible to readers meanwhile (a server starts
+        answering first and recovers the cache in the background)."""
         store = cls(PublishedLayer(FileBackend(published_root)), CacheLayer(FileBackend(cache_root)))
         await store.published.recover()
-        await store.cache.recover()
+        if recover_cache:
+            await store.cache.recover()
+        else:
+            await asyncio.to_thread(Path(cache_root).mkdir, parents=True, exist_ok=True)
         return store
 
     @property

@@ -11,6 +11,7 @@ against it see real interleavings.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -31,6 +32,10 @@ class MemoryBackend:
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._blobs: dict[str, tuple[bytes, float]] = {}
+        # list_children tags: a write counter, so a key deleted and written
+        # again never shows its old tag.
+        self._tags: dict[str, str] = {}
+        self._writes = itertools.count(1)
         self._locks = KeyedLocks()
 
     def __repr__(self) -> str:
@@ -73,6 +78,7 @@ class MemoryBackend:
         ):
             raise InvalidInput(f"storage key {key!r} collides with an existing key")
         self._blobs[key] = (data, self._clock())
+        self._tags[key] = str(next(self._writes))
 
     async def open_writer(self, key: str, *, replace: bool) -> BlobWriter:
         check_key(key)
@@ -85,7 +91,10 @@ class MemoryBackend:
     async def delete_many(self, keys: Iterable[str]) -> int:
         keys = [check_key(key) for key in keys]
         await asyncio.sleep(0)
-        return sum(1 for key in keys if self._blobs.pop(key, None) is not None)
+        removed = [key for key in keys if self._blobs.pop(key, None) is not None]
+        for key in removed:
+            self._tags.pop(key, None)
+        return len(removed)
 
     async def delete_prefix(self, prefix: str) -> int:
         check_prefix(prefix)
@@ -93,6 +102,7 @@ class MemoryBackend:
         doomed = [key for key in self._blobs if key.startswith(prefix)]
         for key in doomed:
             del self._blobs[key]
+            self._tags.pop(key, None)
         return len(doomed)
 
     async def list_keys(self, prefix: str = "") -> list[BlobInfo]:
@@ -103,6 +113,15 @@ class MemoryBackend:
             for key, (data, mtime) in sorted(self._blobs.items())
             if key.startswith(prefix)
         ]
+
+    async def list_children(self, prefix: str) -> dict[str, str]:
+        check_prefix(prefix)
+        await asyncio.sleep(0)
+        return {
+            key: self._tags.get(key, "")
+            for key in sorted(self._blobs)
+            if key.startswith(prefix) and "/" not in key[len(prefix) :]
+        }
 
     async def package_names(self) -> list[PackageName]:
         await asyncio.sleep(0)

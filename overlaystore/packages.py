@@ -52,6 +52,7 @@ from typing import Any, BinaryIO
 
 import orjson
 import xxhash
+from cachetools import LRUCache
 
 from ._types import JSONObject, PackageName
 from .atomic import translate
@@ -62,9 +63,12 @@ from .fragment import PublishedFragment
 from .layered import LayeredStore, LayerName
 from .names import parse_name, tarball_basename, tarball_filename
 from .published import PublishedLayer, meta_key
-from .versions import highest, parse_version, sort_versions
+from .versions import highest, parse_version, sort_versions, version_key
 
 log = logging.getLogger(__name__)
+
+#: Default bound of :class:`VersionDocCache`, in bytes of version files.
+VERSION_CACHE_BYTES = 16 * 1024 * 1024
 
 PACKUMENT_FILE = "packument.json"
 PACKUMENT_META_FILE = "packument.meta"
@@ -200,12 +204,13 @@ class _Package:
     def normalized(self) -> _Meta:
         """The metadata as it should be, given the version files (see module doc)."""
         meta = self.meta.copy() if self.meta is not None else _Meta()
-        live = self.live(meta)
-        live_set = set(live)
+        # A set, not live(): sorting every version on each normalisation was
+        # a visible share of a publish in packages with many versions.
+        live_set = {v for v in self.docs if v not in meta.unpublished}
         dangling = "latest" in meta.dist_tags and meta.dist_tags["latest"] not in live_set
         meta.dist_tags = {t: v for t, v in meta.dist_tags.items() if v in live_set}
-        if dangling and live:
-            meta.dist_tags["latest"] = highest(live) or live[-1]
+        if dangling and live_set:
+            meta.dist_tags["latest"] = highest(live_set) or max(live_set, key=version_key)
         meta.deprecated = {v: m for v, m in meta.deprecated.items() if v in live_set and m}
         times = [str(doc["time"]) for doc in self.docs.values()]
         if times:
@@ -240,20 +245,101 @@ class _Package:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _CachedDoc:
+    tag: str
+    size: int
+    doc: JSONObject | None  # None: not a version document (skipped, like on a fresh read)
+
+
+@dataclass(frozen=True, slots=True)
+class _CachedDir:
+    """The parsed version files of one package as last listed (never mutated:
+    a change makes a new one)."""
+
+    entries: Mapping[str, _CachedDoc]
+    size: int
+
+
+class VersionDocCache:
+    """Parsed version files by package, LRU-bounded by the bytes of the files
+    they came from.
+
+    Version files are write-once, so a parsed document stays right for as
+    long as its file exists. Readers still list the versions directory every
+    time and reuse an entry only if the key is listed with the same change
+    tag: a file that is gone is never served (and is dropped), a new one
+    (another process's publish) is read, and one re-created under its old
+    name with a new tag is read again. On disk a re-created file may get its
+    old inode back, hence its old tag; a read in between (every publish reads
+    first) sees it absent and drops it, which is what then keeps the old
+    document from coming back. The documents are shared between reads, hence
+    never mutated (packument code already treats manifests as copy-on-write).
+    """
+
+    def __init__(self, max_bytes: int = VERSION_CACHE_BYTES) -> None:
+        if max_bytes < 0:
+            raise InvalidInput("the version cache size cannot be negative")
+        # Whole packages, not single files, are the LRU unit: a read looks
+        # every version up, and one plain dict per package keeps that cheap.
+        self._dirs: LRUCache[str, _CachedDir] = LRUCache(maxsize=max_bytes, getsizeof=_dir_cost)
+
+    def __len__(self) -> int:
+        """The number of cached version documents."""
+        return sum(len(d.entries) for d in self._dirs.values())
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self._dirs.maxsize)
+
+    @property
+    def bytes(self) -> int:
+        return int(self._dirs.currsize)
+
+    def entries(self, prefix: str) -> Mapping[str, _CachedDoc]:
+        found = self._dirs.get(prefix)
+        return found.entries if found is not None else {}
+
+    def store(self, prefix: str, entries: dict[str, _CachedDoc]) -> None:
+        cached = _CachedDir(entries, sum(e.size for e in entries.values()))
+        if not entries or _dir_cost(cached) > self._dirs.maxsize:
+            self._dirs.pop(prefix, None)  # LRUCache refuses it; drop a stale one
+            return
+        self._dirs[prefix] = cached
+
+
+def _dir_cost(cached: _CachedDir) -> int:
+    # Empty files still hold slots: no entry may count as free.
+    return max(cached.size, len(cached.entries))
+
+
 class PackageStore:
     """npm operations on a :class:`LayeredStore` (see the module docstring)."""
 
-    def __init__(self, layered: LayeredStore, *, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        layered: LayeredStore,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        version_cache_bytes: int = VERSION_CACHE_BYTES,
+    ) -> None:
         self._layered = layered
         self._clock = clock
         self._subscribers: list[Callable[[PackageName], None]] = []
+        self._cache_writers: list[Callable[[PackageName], None]] = []
+        self._version_docs = VersionDocCache(version_cache_bytes)
 
     @classmethod
-    async def open_directories(cls, published_root: Path, cache_root: Path) -> PackageStore:
+    async def open_directories(
+        cls, published_root: Path, cache_root: Path, *, recover_cache: bool = True
+    ) -> PackageStore:
         """A store on two directories: created if missing, crash-recovered
         (temp files of dead writers, interrupted wipes, orphan tarballs older
-        than an hour)."""
-        store = cls(await LayeredStore.open_directories(Path(published_root), Path(cache_root)))
+        than an hour). ``recover_cache``: see :meth:`LayeredStore.open_directories`."""
+        layered = await LayeredStore.open_directories(
+            Path(published_root), Path(cache_root), recover_cache=recover_cache
+        )
+        store = cls(layered)
         await store.repair_orphans()
         return store
 
@@ -274,6 +360,16 @@ class PackageStore:
         change the packument of ``name``, before the write returns."""
         self._subscribers.append(callback)
 
+    def subscribe_cache_writes(self, callback: Callable[[PackageName], None]) -> None:
+        """Call ``callback(name)`` just before this store writes the cached
+        packument of ``name``: a file watcher then knows which of the changes
+        it reports under the cache root are this process's own."""
+        self._cache_writers.append(callback)
+
+    def _before_cache_write(self, name: PackageName) -> None:
+        for callback in list(self._cache_writers):
+            callback(name)
+
     def _notify(self, name: PackageName) -> None:
         for callback in list(self._subscribers):
             try:
@@ -287,17 +383,43 @@ class PackageStore:
     # --- published side: reads
 
     async def _read(self, name: PackageName) -> _Package:
-        # One round trip. The metadata is read before the version directory is
-        # listed, so every version it mentions has its file in the listing.
+        # The metadata is read before the version directory is listed, so every
+        # version it mentions has its file in the listing. Only the version
+        # files the cache has not seen are read: re-reading and re-parsing all
+        # of them made every publish O(versions).
         mkey, prefix = meta_key(name), f"{name}/versions/"
-        found = await self._published.get_many([mkey], children_of=[prefix])
-        meta = _Meta.parse(_load(found.pop(mkey), mkey)) if mkey in found else None
+        raw_meta = await self._published.get(mkey)
+        meta = _Meta.parse(_load(raw_meta, mkey)) if raw_meta is not None else None
+        listed = await self._published.children(prefix)
+        cached = self._version_docs.entries(prefix)
+        entries: dict[str, _CachedDoc] = {}
+        missing: list[str] = []
+        for key, tag in listed.items():
+            if not key.endswith(".json"):
+                continue
+            entry = cached.get(key)
+            if entry is not None and entry.tag == tag:
+                entries[key] = entry
+            else:
+                missing.append(key)
+        if missing:
+            found = await self._published.get_many(missing)
+            for key in missing:
+                data = found.get(key)
+                if data is None:
+                    continue  # removed since the listing: as if never listed
+                loaded = _load(data, key)
+                valid = isinstance(loaded.get("manifest"), dict) and isinstance(loaded.get("time"), str)
+                # Under the listed tag: if the file was re-created in between,
+                # the next listing's tag will not match and it is read again.
+                entries[key] = _CachedDoc(listed[key], len(data), loaded if valid else None)
+        if missing or len(entries) != len(cached):
+            self._version_docs.store(prefix, entries)
         docs: dict[str, JSONObject] = {}
-        for key, data in found.items():
-            if key.endswith(".json"):
-                doc = _load(data, key)
-                if isinstance(doc.get("manifest"), dict) and isinstance(doc.get("time"), str):
-                    docs[key[len(prefix) : -len(".json")]] = doc
+        for key, entry in entries.items():
+            doc = entry.doc
+            if doc is not None:
+                docs[key[len(prefix) : -len(".json")]] = doc
         return _Package(meta, docs)
 
     async def fragment(self, name: PackageName) -> PublishedFragment | None:
@@ -594,6 +716,7 @@ class PackageStore:
     async def store_packument(self, name: PackageName, body: bytes, meta: CacheMeta) -> None:
         """Cache an upstream packument (body first, then its meta)."""
         name = parse_name(name)
+        self._before_cache_write(name)
         try:
             await self._cache.put(f"{name}/{PACKUMENT_FILE}", bytes(body))
             await self._cache.put(f"{name}/{PACKUMENT_META_FILE}", _dump_cache_meta(meta, body))
@@ -607,6 +730,7 @@ class PackageStore:
         body = await self._cache.get(f"{name}/{PACKUMENT_FILE}")
         if body is None:
             return
+        self._before_cache_write(name)
         try:
             await self._cache.put(f"{name}/{PACKUMENT_META_FILE}", _dump_cache_meta(meta, body))
         finally:
@@ -696,6 +820,8 @@ __all__ = [
     "PACKUMENT_META_FILE",
     "PackageStore",
     "TarballRef",
+    "VERSION_CACHE_BYTES",
+    "VersionDocCache",
     "isoformat",
     "packument_digest",
     "utcnow",

@@ -78,6 +78,10 @@ class PublishedLayer:
         """Every key under directory prefix ``prefix``, with size and mtime."""
         return await self._backend.list_keys(prefix)
 
+    async def children(self, prefix: str) -> dict[str, str]:
+        """Keys directly under ``prefix`` with their change tags; see :meth:`Backend.list_children`."""
+        return await self._backend.list_children(prefix)
+
     async def names(self) -> list[PackageName]:
         return await self._backend.package_names()
 

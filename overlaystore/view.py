@@ -2,6 +2,10 @@
 
 Keyed by ``(name, variant, public_url)``; holds :class:`Rendered` values
 (body + gzip + ETag), so a hit costs a couple of dict lookups and no JSON work.
+A package's tarballs can be held here too, keyed ``(name, TARBALL, filename)``:
+they then share the byte budget, the invalidation and the cross-worker change
+counters of the package's documents, so an unpublish, a name turning private
+or a cache wipe drops them exactly when it drops the documents.
 
 Invariants:
 
@@ -45,7 +49,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 from cachetools import LRUCache
 
@@ -59,7 +63,12 @@ ENTRY_OVERHEAD = 512
 #: Names with a recorded invalidation before the record is collapsed.
 MAX_TRACKED_INVALIDATIONS = 65_536
 
-_Key = tuple[str, Variant, str]
+#: The variant slot of a tarball entry (whose third key part is its file name).
+TARBALL: Final = "tarball"
+#: What an entry holds: a packument variant, or a tarball.
+Representation = Variant | Literal["tarball"]
+
+_Key = tuple[str, Representation, str]
 # An entry: (rendered, expires_at or None, change-counter slot or -1, counter
 # value when the fill started).
 _Entry = tuple[Rendered, "float | None", int, int]
@@ -135,8 +144,9 @@ class ComposedView:
         self._evictions = 0
 
     # --- reads -------------------------------------------------------------
-    def get(self, name: str, variant: Variant, public_url: str) -> Rendered | None:
-        """The cached rendering, or ``None`` (absent or expired: a miss)."""
+    def get(self, name: str, variant: Representation, public_url: str) -> Rendered | None:
+        """The cached rendering, or ``None`` (absent or expired: a miss).
+        For a tarball: ``get(name, TARBALL, filename)``."""
         key = (name, variant, public_url)
         entry = self._cache.get(key)
         if entry is None:
@@ -164,7 +174,7 @@ class ComposedView:
     def put(
         self,
         name: str,
-        variant: Variant,
+        variant: Representation,
         public_url: str,
         rendered: Rendered,
         *,
@@ -257,4 +267,12 @@ class ComposedView:
                 del self._by_name[key[0]]
 
 
-__all__ = ["ENTRY_OVERHEAD", "MAX_TRACKED_INVALIDATIONS", "ComposedView", "Generation", "ViewStats"]
+__all__ = [
+    "ENTRY_OVERHEAD",
+    "MAX_TRACKED_INVALIDATIONS",
+    "TARBALL",
+    "ComposedView",
+    "Generation",
+    "Representation",
+    "ViewStats",
+]

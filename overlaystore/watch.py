@@ -4,8 +4,13 @@ Keeps the composed view coherent with writes made *outside* this process
 (another worker, an operator restoring a backup, ``rm -rf`` of the cache).
 In-process writes invalidate synchronously and do not rely on it.
 
-One task per root runs :func:`watchfiles.awatch` (inotify, or polling with
-``force_polling`` for filesystems without change notification). Paths map
+One task per root reads the batches of a child process
+(:mod:`overlaystore.watch_child`) watching that root with watchfiles
+(inotify, or polling with ``force_polling`` for filesystems without change
+notification). Why a process: setting up a recursive watch holds the GIL for
+as long as it adds one inotify watch per directory (~3 s for 100,000
+packages), which in this process would freeze the event loop, at start-up and
+on every restart of the watch. Paths map
 to package names: ``<root>/<name>/…`` and ``<root>/@scope/<name>/…``.
 Ignored: hidden entries anywhere in the path (``.locks``, ``.tmp.*`` temp
 files: their final ``rename`` produces its own event; ``.trash.*``),
@@ -20,8 +25,9 @@ Invariants:
   batch (``debounce_ms``/``step_ms``), with a non-empty set.
 * A root that disappears (or is replaced by another directory) stops its
   watch; the task polls until the root exists again, then restarts the watch
-  and calls ``on_reset()`` in the same event-loop step in which the new watch
-  is established, so no change can fall between the reset and the watch.
+  and calls ``on_reset()`` when the new child's first line arrives (it is sent
+  once the watch exists), before handling any batch, so no change can fall
+  between the reset and the watch.
   ``on_reset()`` is also called when the root vanishes, after a watch error
   (events may have been missed), and, while the root is missing, whenever
   its parent directory changes (the root may have appeared, been read and
@@ -34,22 +40,32 @@ Invariants:
   later, and one reset follows the initial scan by as much. Polling delays
   are therefore up to ``poll_ms`` for most changes, ~1.3 s for such repeats.
 * Callbacks that raise are logged; the watcher keeps running.
-* :meth:`start` returns once every existing root is being watched;
-  :meth:`stop` ends every task (via a stop event, not cancellation, so the
-  watch threads exit cleanly) and leaves nothing running.
+* :meth:`start` returns once every existing root is being watched (a child
+  that fails before that does not hold it up). ``start(wait=False)`` returns
+  at once, for a server that must answer while the watches are set up: then
+  the first watch of each root also begins with ``on_reset()``, since the
+  view may have been filled from it before the watch existed.
+* :meth:`stop` ends every task (via a stop event, not cancellation: each
+  child gets EOF on its stdin and exits, and is terminated if it does not
+  within :data:`_CHILD_GRACE_S`) and leaves nothing running, no process
+  either. A child whose parent dies sees EOF too and exits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import logging
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from watchfiles import Change, awatch
+from watchfiles import Change
 
 from ._types import PackageName
 from .errors import InvalidName
@@ -66,6 +82,21 @@ DEFAULT_POLL_MS = 100
 _MAX_BACKOFF_S = 1.0
 #: The polling backend's mtime resolution is one second (plus a margin).
 POLL_MTIME_GRANULARITY_S = 1.1
+#: How long a child may take to exit after EOF on its stdin before it is
+#: terminated: it only looks between two ``step_ms`` sleeps, or, while it is
+#: still setting up its watch, not at all.
+_CHILD_GRACE_S = 0.5
+#: Longest line (one batch) read from a child. A longer one, from a burst of
+#: hundreds of thousands of changes, fails the watch, which then restarts with
+#: a reset: the right answer to such a burst anyway.
+_CHILD_LINE_LIMIT = 64 * 1024 * 1024
+#: Children are reaped by polling (see :class:`_Child`), this often.
+_CHILD_REAP_POLL_S = 0.005
+#: Run as a script with ``-P`` rather than ``-m overlaystore.watch_child``:
+#: importing the package would double the child's memory (16 → 28 MB) and
+#: add ~0.3 s to its start; ``-P`` keeps the package's directory, whose module
+#: names could shadow others, off ``sys.path``.
+_CHILD_SCRIPT = str(Path(__file__).with_name("watch_child.py"))
 
 
 def _name_of(prefix: str, path: str) -> tuple[str | None, str | None]:
@@ -149,6 +180,99 @@ def _identity(root: str) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
+class WatchChildError(RuntimeError):
+    """A watch child failed, or ended without being asked to."""
+
+
+class _Child:
+    """One :mod:`overlaystore.watch_child` process, read as batches of changes.
+
+    Started with :class:`subprocess.Popen`, not the event loop's subprocess
+    API: under uvloop (libuv) a child would inherit every inheritable
+    descriptor of the server, among them a worker's multiprocessing sentinel,
+    so that its supervisor would not see the worker die until the child had
+    exited too. It is reaped by polling, so no child watcher is involved.
+    """
+
+    def __init__(
+        self, proc: subprocess.Popen[bytes], stdout: asyncio.StreamReader, transport: asyncio.BaseTransport,
+    ) -> None:
+        self._proc = proc
+        self._stdout = stdout
+        self._transport = transport
+
+    @classmethod
+    async def spawn(
+        cls, root: str, *, debounce_ms: int, step_ms: int, timeout_ms: int, polling: bool, poll_ms: int,
+    ) -> _Child:
+        args = [root, "--debounce", str(debounce_ms), "--step", str(step_ms), "--timeout", str(timeout_ms)]
+        if polling:
+            args += ["--polling", "--poll-delay", str(poll_ms)]
+        # Blocks the loop for the fork and exec only (vfork: about a millisecond).
+        proc = subprocess.Popen(
+            [sys.executable, "-P", _CHILD_SCRIPT, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        try:
+            stdout = asyncio.StreamReader(limit=_CHILD_LINE_LIMIT)
+            transport, _protocol = await asyncio.get_running_loop().connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(stdout), proc.stdout,
+            )
+        except BaseException:
+            proc.stdout.close()
+            if proc.stdin is not None:
+                proc.stdin.close()
+            proc.kill()
+            proc.wait()
+            raise
+        return cls(proc, stdout, transport)
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    async def next_batch(self) -> list[tuple[Change, str]] | None:
+        """The next batch (empty on the child's timeouts); None once it has exited."""
+        line = await self._stdout.readline()
+        if not line:
+            return None
+        message = json.loads(line)
+        if isinstance(message, dict):
+            raise WatchChildError(str(message.get("error")))
+        return [(Change(change), path) for change, path in message]
+
+    async def _exited(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._proc.poll() is None:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(_CHILD_REAP_POLL_S)
+        return True
+
+    async def close(self) -> int:
+        """End the child (EOF on its stdin, then SIGTERM, then SIGKILL), reap
+        it and return its exit status; idempotent."""
+        proc = self._proc
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()
+            for end in (proc.terminate, proc.kill):
+                if await self._exited(_CHILD_GRACE_S):
+                    break
+                end()
+            while not await self._exited(_CHILD_GRACE_S):
+                pass
+        except BaseException:
+            # Cancelled while waiting: never leave the child running, nor a zombie.
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            raise
+        finally:
+            self._transport.close()
+        return proc.returncode
+
+
 class Watcher:
     """Watches store roots and reports which packages changed."""
 
@@ -184,8 +308,9 @@ class Watcher:
     def running(self) -> bool:
         return bool(self._tasks) and not all(t.done() for t in self._tasks)
 
-    async def start(self) -> None:
-        """Start watching; returns when every existing root is watched."""
+    async def start(self, *, wait: bool = True) -> None:
+        """Start watching; returns when every existing root is watched, or at
+        once with ``wait=False`` (see the module docstring)."""
         if self._tasks:
             raise RuntimeError("Watcher already started")
         self._stop = asyncio.Event()
@@ -193,9 +318,10 @@ class Watcher:
         for root in self._roots:
             event = asyncio.Event()
             ready.append(event)
-            task = asyncio.create_task(self._watch_root(root, event), name=f"watch {root}")
+            task = asyncio.create_task(self._watch_root(root, event, reset_first=not wait), name=f"watch {root}")
             self._tasks.append(task)
-        await asyncio.gather(*(e.wait() for e in ready))
+        if wait:
+            await asyncio.gather(*(e.wait() for e in ready))
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Stop every watch task and wait for them to finish."""
@@ -239,11 +365,17 @@ class Watcher:
             await asyncio.wait_for(stop.wait(), seconds)
         return stop.is_set()
 
-    async def _watch_root(self, root: str, ready: asyncio.Event) -> None:
+    async def _watch_root(self, root: str, ready: asyncio.Event, *, reset_first: bool) -> None:
+        try:
+            await self._watch_root_until_stopped(root, ready, reset_first=reset_first)
+        finally:
+            ready.set()  # stopped before the first watch: start() must not hang
+
+    async def _watch_root_until_stopped(self, root: str, ready: asyncio.Event, *, reset_first: bool) -> None:
         stop = self._stop
         assert stop is not None
         parent = os.path.dirname(root)
-        needs_reset = False  # the initial watch missed nothing
+        needs_reset = False  # whether a watch of this root existed, then lapsed
         missing_since: tuple[int, int, int] | None = None  # parent state when last checked
         missing = False
         backoff = 0.0
@@ -265,49 +397,63 @@ class Watcher:
                     return
                 continue
             missing = False
-            if needs_reset:
-                # Same loop step as the watch being established below, so no
-                # change can fall between this reset and the new watch.
-                self._reset()
+            # Without a start() that waited for it, even the first watch may
+            # follow reads of the root.
+            reset = needs_reset or reset_first
+            reset_first = False
             needs_reset = True  # any later restart follows a possible gap
-            ready.set()
             log.debug("watching %s (inode %s)", root, identity[1])
             try:
-                await self._watch(root, identity, stop)
+                await self._watch(root, identity, stop, functools.partial(self._established, ready, reset))
                 log.debug("watch of %s ended", root)
                 backoff = 0.0
             except Exception:
+                ready.set()  # start() does not wait for a watch that fails
                 log.exception("watching %s failed; restarting", root)
                 backoff = min(_MAX_BACKOFF_S, backoff * 2 or 0.05)
                 if await self._sleep(stop, backoff):
                     return
 
-    async def _watch(self, root: str, identity: tuple[int, int], stop: asyncio.Event) -> None:
-        """Watch ``root`` until stopped or until it vanishes or is replaced."""
+    def _established(self, ready: asyncio.Event, reset: bool) -> None:
+        if reset:
+            self._reset()
+        ready.set()
+
+    async def _close_when_stopped(self, stop: asyncio.Event, child: _Child) -> None:
+        await stop.wait()
+        await child.close()
+
+    async def _watch(
+        self, root: str, identity: tuple[int, int], stop: asyncio.Event, established: Callable[[], None],
+    ) -> None:
+        """Watch ``root`` until stopped or until it vanishes or is replaced;
+        ``established()`` once the watch exists, before its first batch."""
         polling = self._force_polling
-        watch = awatch(
+        child = await _Child.spawn(
             root,
-            watch_filter=None,
-            debounce=self._debounce_ms,
-            step=self._step_ms,
-            stop_event=stop,
+            debounce_ms=self._debounce_ms,
+            step_ms=self._step_ms,
             # Polling needs timely wake-ups for its echoes (see below).
-            rust_timeout=min(self._check_ms, 250) if polling else self._check_ms,
-            yield_on_timeout=True,
-            force_polling=polling,
-            poll_delay_ms=self._poll_ms,
-            recursive=True,
-            ignore_permission_denied=True,
+            timeout_ms=min(self._check_ms, 250) if polling else self._check_ms,
+            polling=polling,
+            poll_ms=self._poll_ms,
         )
+        stopper = asyncio.create_task(self._close_when_stopped(stop, child), name=f"watch child {child.pid}")
         # The polling backend compares mtimes in whole seconds: a second
         # change within the same second as the last one it saw (or as the
         # initial scan) goes unreported. So, when polling, every reported name
         # is reported again once that second is surely over, and the whole
         # view is reset once after the initial scan.
         echoes: dict[PackageName, float] = {}
-        reset_at = time.monotonic() + POLL_MTIME_GRANULARITY_S if polling else None
-        async with contextlib.aclosing(watch):
-            async for changes in watch:
+        reset_at: float | None = None
+        first = True
+        try:
+            while (changes := await child.next_batch()) is not None:
+                if first:
+                    first = False
+                    established()
+                    if polling:
+                        reset_at = time.monotonic() + POLL_MTIME_GRANULARITY_S
                 root_gone = any(path == root and change == Change.deleted for change, path in changes)
                 names, lost = names_from_changes(root, changes)
                 if changes:
@@ -329,6 +475,12 @@ class Watcher:
                     self._reset()
                 if root_gone or _identity(root) != identity:
                     return
+            if not stop.is_set():
+                raise WatchChildError(f"watch child of {root} exited with status {await child.close()}")
+        finally:
+            await child.close()
+            stopper.cancel()
+            await asyncio.gather(stopper, return_exceptions=True)
 
 
 __all__ = [
@@ -337,6 +489,7 @@ __all__ = [
     "DEFAULT_POLL_MS",
     "DEFAULT_STEP_MS",
     "POLL_MTIME_GRANULARITY_S",
+    "WatchChildError",
     "Watcher",
     "names_from_changes",
     "names_from_paths",

@@ -70,6 +70,9 @@ class CacheConfig:
     gc_interval_s: float = 600.0
     #: Size cap of the composed-packument LRU in bytes.
     view_max_bytes: int = 256 * MiB
+    #: Tarballs up to this size are held in that LRU once read (larger ones
+    #: are sent from their file on every request).
+    view_tarball_max_bytes: int = 16 * MiB
     #: Size cap (estimated memory) of the parsed upstream packuments kept so
     #: that a composed-LRU miss does not re-parse an unchanged body; 0: none.
     parsed_max_bytes: int = 64 * MiB

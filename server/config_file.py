@@ -286,6 +286,7 @@ _TABLES: dict[str, dict[str, Setter]] = {
         "max_age": _field("cache.max_age_s", _duration(positive=True, optional=True)),
         "gc_interval": _field("cache.gc_interval_s", _duration(positive=True)),
         "view_max_bytes": _field("cache.view_max_bytes", _size()),
+        "view_tarball_max_bytes": _field("cache.view_tarball_max_bytes", _size()),
         "parsed_max_bytes": _field("cache.parsed_max_bytes", _size()),
     },
     "auth": {
@@ -582,7 +583,7 @@ def config_to_toml(config: Config) -> str:
                       ("offline", u.offline)]),
         ("cache", [("max_bytes", opt(c.max_bytes)), ("max_age", opt(c.max_age_s)),
                    ("gc_interval", c.gc_interval_s), ("view_max_bytes", c.view_max_bytes),
-                   ("parsed_max_bytes", c.parsed_max_bytes)]),
+                   ("view_tarball_max_bytes", c.view_tarball_max_bytes), ("parsed_max_bytes", c.parsed_max_bytes)]),
         ("auth", [("htpasswd", a.htpasswd), ("tokens", a.tokens), ("registration", a.registration),
                   ("admins", a.admins), ("credential_cache", a.credential_cache_s),
                   ("login_attempts_per_minute", a.login_attempts_per_minute), ("bcrypt_rounds", a.bcrypt_rounds)]),

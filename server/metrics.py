@@ -69,7 +69,7 @@ class Metrics:
         )
         self.served = Counter(
             "overlaystore_served", "Packument and tarball responses by how they were served "
-            "(packument: hit/miss/stale of the composed LRU; tarball: published/cache/upstream)",
+            "(packument: hit/miss/stale of the composed LRU; tarball: memory/published/cache/upstream)",
             ["kind", "outcome"], registry=r,
         )
         self.publishes = Counter("overlaystore_publishes", "Versions published (PUT answered 201)", registry=r)

@@ -8,6 +8,7 @@ from aiohttp import web
 from overlaystore.render import Rendered, Variant
 
 from .access import require_read
+from .bodies import send_body
 from .documents import Outcome, version_manifest
 from .keys import DOCUMENTS, OUTCOME
 from .request_info import (
@@ -37,7 +38,9 @@ def _etag_matches(request: web.Request, etag: str) -> bool:
     return bool(candidates & {etag, _gzip_etag(etag), "*"})
 
 
-def _respond(request: web.Request, rendered: Rendered, variant: Variant, outcome: Outcome) -> web.Response:
+async def _respond(
+    request: web.Request, rendered: Rendered, variant: Variant, outcome: Outcome
+) -> web.StreamResponse:
     gzipped = accepts_gzip(request)
     etag = _gzip_etag(rendered.etag) if gzipped else rendered.etag
     headers = {
@@ -63,15 +66,15 @@ def _respond(request: web.Request, rendered: Rendered, variant: Variant, outcome
     if request.method == "HEAD":
         headers["Content-Length"] = str(len(body))
         return web.Response(headers=headers)
-    return web.Response(body=body, headers=headers)
+    return await send_body(request, body, headers)
 
 
-async def get_packument(request: web.Request) -> web.Response:
+async def get_packument(request: web.Request) -> web.StreamResponse:
     name = package_name(request)
     await require_read(request, name)
     variant = variant_of(request)
     rendered, outcome = await request.app[DOCUMENTS].rendered(name, variant, public_url(request))
-    return _respond(request, rendered, variant, outcome)
+    return await _respond(request, rendered, variant, outcome)
 
 
 async def get_version(request: web.Request) -> web.Response:

@@ -58,7 +58,7 @@ log = logging.getLogger("overlaystore.upstream")
 
 TARBALL_TYPE = "application/octet-stream"
 #: Tarballs are immutable (as the handler says for store hits).
-_HEADERS = MappingProxyType({"Content-Type": TARBALL_TYPE, "Cache-Control": "public, max-age=31536000, immutable"})
+TARBALL_HEADERS = MappingProxyType({"Content-Type": TARBALL_TYPE, "Cache-Control": "public, max-age=31536000, immutable"})
 #: Strongest first; npm picks the strongest algorithm it knows.
 _ALGORITHMS = ("sha512", "sha384", "sha256", "sha1")
 
@@ -102,7 +102,7 @@ class _Sink:
 
     def __init__(self, request: web.BaseRequest) -> None:
         self.request = request
-        self.response = web.StreamResponse(headers=_HEADERS)
+        self.response = web.StreamResponse(headers=TARBALL_HEADERS)
         self.alive = True
 
     async def start(self, content_length: int | None) -> None:
@@ -345,7 +345,7 @@ async def serve_ref(ref: TarballRef, head: bool) -> web.StreamResponse | None:
     """A stored tarball, as the handlers serve store hits; None if it is a
     cache file that vanished since the lookup (a wipe or GC: treat as a miss).
     Published files are never removed, so they are sent by path."""
-    headers = dict(_HEADERS)
+    headers = dict(TARBALL_HEADERS)
     if ref.path is not None:
         if ref.layer == "published":
             return web.FileResponse(ref.path, headers=headers)
@@ -374,4 +374,4 @@ def _head_response(size: int | None) -> web.Response:
     return response
 
 
-__all__ = ["Expected", "TARBALL_TYPE", "TarballProxy", "serve_ref", "version_of"]
+__all__ = ["Expected", "TARBALL_HEADERS", "TARBALL_TYPE", "TarballProxy", "serve_ref", "version_of"]

@@ -3,19 +3,31 @@
 A cached upstream tarball is never served for a name that has become private
 (published here without an overlay rule): the published store alone speaks for
 such a name.
+
+Once read, a tarball up to ``cache.view_tarball_max_bytes`` is held in the
+composed view next to its package's documents, so the next GET is answered
+from memory: without that, each one looks up the package's metadata, stats
+and opens a file, every step a hop to a worker thread. The view drops it
+whenever it drops the package's documents (publish, unpublish, a cache wipe
+or GC seen by the watcher, a write by another worker).
 """
 
 from __future__ import annotations
 
+import xxhash
 from aiohttp import web
 
 from overlaystore.errors import NotFound
+from overlaystore.packages import TarballRef
 from overlaystore.policy import Provenance
+from overlaystore.render import Rendered
+from overlaystore.view import TARBALL
 
 from .access import require_read
-from .keys import DOCUMENTS, OUTCOME, STORE, TARBALLS
+from .bodies import send_body
+from .keys import CONFIG, DOCUMENTS, OUTCOME, STORE, TARBALLS, VIEW
 from .request_info import package_name
-from .tarball_proxy import serve_ref
+from .tarball_proxy import TARBALL_HEADERS, serve_ref
 
 TARBALL_TYPE = "application/octet-stream"
 
@@ -27,10 +39,42 @@ def _filename(request: web.Request) -> str:
     return filename
 
 
+def _held(data: bytes) -> Rendered:
+    etag = f'"{xxhash.xxh3_64_hexdigest(data)}"'
+    return Rendered(body=data, gzip=b"", etag=etag, last_modified=None, size=len(data))
+
+
+async def _from_memory(request: web.Request, held: Rendered) -> web.StreamResponse:
+    headers = {**TARBALL_HEADERS, "ETag": held.etag}
+    match = request.headers.get("If-None-Match")
+    if match and held.etag in {tag.strip().removeprefix("W/") for tag in match.split(",")}:
+        return web.Response(status=304, headers=headers)
+    if request.method == "HEAD":
+        return web.Response(headers={**headers, "Content-Length": str(held.size)})
+    return await send_body(request, held.body, headers)
+
+
+async def _read(ref: TarballRef) -> bytes | None:
+    """The bytes of ``ref``; None if it was a cache file removed since the lookup."""
+    try:
+        return await ref.read()
+    except NotFound:
+        if ref.layer == "cache":
+            return None
+        raise
+
+
 async def get_tarball(request: web.Request) -> web.StreamResponse:
     name = package_name(request)
     filename = _filename(request)
     await require_read(request, name)
+    view = request.app[VIEW]
+    held = view.get(name, TARBALL, filename)
+    if held is not None:
+        request[OUTCOME] = "memory"
+        return await _from_memory(request, held)
+    # Taken before the store is read: an invalidation meanwhile refuses the put.
+    generation = view.generation(name)
     store = request.app[STORE]
     head = request.method == "HEAD"
     ref = await store.tarball(name, filename)
@@ -42,6 +86,11 @@ async def get_tarball(request: web.Request) -> web.StreamResponse:
     if ref is not None and provenance is not Provenance.PRIVATE:
         # Tarballs are immutable: a long max-age is safe, and never gzip them
         # (npm would hash the gunzipped tar and fail with EINTEGRITY).
+        if ref.size <= request.app[CONFIG].cache.view_tarball_max_bytes and (data := await _read(ref)) is not None:
+            held = _held(data)
+            view.put(name, TARBALL, filename, held, generation=generation)
+            request[OUTCOME] = ref.layer
+            return await _from_memory(request, held)
         response = await serve_ref(ref, head=head)
         if response is not None:
             request[OUTCOME] = ref.layer

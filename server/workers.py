@@ -49,7 +49,8 @@ from aiohttp import web
 
 from overlaystore.errors import OverlayStoreError
 
-from .app import SHUTDOWN_TIMEOUT_S, describe, make_app, run_options
+from .allocator import tune_allocator
+from .app import SHUTDOWN_TIMEOUT_S, describe, make_app, new_event_loop, run_options
 from .config import Config
 from .keys import WORKER
 
@@ -129,7 +130,8 @@ async def _name_worker(request: web.Request, response: web.StreamResponse) -> No
 def _worker_main(config: Config, index: int, ready: Connection) -> None:
     """One worker process (the target of a spawned Process)."""
     _configure_logging(config, f" [worker {index}]")
-    loop = asyncio.new_event_loop()
+    tune_allocator()
+    loop = new_event_loop()
     stopper = _Stopper(loop)
     stopper.install()
     app = make_app(config)

@@ -93,6 +93,23 @@ class BackendContract:
         assert [i.key for i in await backend.list_keys("a/")] == ["a/1", "a/z/3"]
         assert await backend.list_keys("c/") == []
 
+    async def test_list_children_direct_only_with_tags(self, backend: Backend) -> None:
+        for key in ["p/versions/2.json", "p/versions/1.json", "p/versions/sub/3.json", "p/meta", "q/versions/1.json"]:
+            await backend.write(key, b"x", replace=False)
+        children = await backend.list_children("p/versions/")
+        assert list(children) == ["p/versions/1.json", "p/versions/2.json"]
+        assert all(isinstance(tag, str) and tag for tag in children.values())
+        assert await backend.list_children("absent/") == {}
+        assert await backend.list_children("p/versions/") == children  # stable while unchanged
+        with pytest.raises(InvalidInput):
+            await backend.list_children("p/versions")
+
+    async def test_list_children_tag_changes_on_replace(self, backend: Backend) -> None:
+        await backend.write("p/a", b"first", replace=True)
+        before = (await backend.list_children("p/"))["p/a"]
+        await backend.write("p/a", b"first", replace=True)  # same bytes, new write
+        assert (await backend.list_children("p/"))["p/a"] != before
+
     async def test_package_names(self, backend: Backend) -> None:
         for key in ["lodash/a.tgz", "@acme/w/versions/1.json", "@acme/x/p", "z/p"]:
             await backend.write(key, b"x", replace=False)
@@ -241,6 +258,7 @@ class TestFileBackend(OnFile, BackendContract):
         assert [i.key for i in await backend.list_keys()] == ["p/a"]
         assert await backend.package_names() == ["p"]
         assert await backend.read_many(children_of=["p/"]) == {"p/a": b"x"}
+        assert list(await backend.list_children("p/")) == ["p/a"]
 
     async def test_no_temp_files_left_after_writes(self, backend: Backend, tmp_path: Path) -> None:
         await backend.write("p/a", b"x", replace=False)

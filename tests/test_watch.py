@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -13,6 +17,7 @@ import pytest
 
 from watchfiles import Change
 
+from overlaystore import watch_child
 from overlaystore._types import PackageName
 from overlaystore.watch import Watcher, names_from_changes, names_from_paths
 
@@ -214,3 +219,95 @@ async def test_invalidation_delay_is_small(tmp_path: Path) -> None:
             delays.append(await until(lambda i=i: f"p{i}" in rec.seen()))  # type: ignore[misc]
     delays.sort()
     assert delays[len(delays) // 2] < 1.0  # target p50 <= 100 ms; see benchmarks
+
+
+# --- the watch children -------------------------------------------------------------
+
+
+def child_processes() -> dict[int, str]:
+    """This process's children (zombies included): pid → state letter."""
+    children: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        state, ppid = stat.rpartition(")")[2].split()[:2]
+        if int(ppid) == os.getpid():
+            children[int(entry)] = state
+    return children
+
+
+@pytest.mark.parametrize("polling", [False, True], ids=["notify", "polling"])
+async def test_stop_leaves_no_child_process(tmp_path: Path, polling: bool) -> None:
+    roots = [tmp_path / "a", tmp_path / "b"]
+    for root in roots:
+        root.mkdir()
+    before = child_processes()
+    watcher = Watcher(roots, lambda names: None, lambda: None, force_polling=polling, poll_ms=50)
+    await watcher.start()
+    assert len(child_processes().keys() - before.keys()) == 2  # one per root
+    await watcher.stop()
+    assert child_processes() == before  # neither running nor zombie
+
+
+async def test_start_without_waiting_resets_once_watched(tmp_path: Path) -> None:
+    rec = Recorder()
+    watcher = Watcher([tmp_path], rec.on_change, rec.on_reset)
+    await watcher.start(wait=False)
+    try:
+        assert rec.resets == 0  # returned before any watch exists
+        await until(lambda: rec.resets == 1)  # the view may predate the watch
+        write_atomic(tmp_path / "foo" / "packument.json")
+        await until(lambda: "foo" in rec.seen())
+        assert rec.resets == 1
+    finally:
+        await watcher.stop()
+
+
+async def test_stop_while_a_child_is_starting(tmp_path: Path) -> None:
+    before = child_processes()
+    watcher = Watcher([tmp_path], lambda names: None, lambda: None)
+    await watcher.start(wait=False)
+    await asyncio.sleep(0.01)
+    await watcher.stop()
+    assert child_processes() == before
+
+
+async def test_a_killed_child_is_replaced_with_a_reset(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rec = Recorder()
+    before = child_processes()
+    async with Watcher([tmp_path], rec.on_change, rec.on_reset):
+        (pid,) = child_processes().keys() - before.keys()
+        os.kill(pid, signal.SIGKILL)
+        await until(lambda: rec.resets == 1)  # changes may have been missed meanwhile
+        write_atomic(tmp_path / "foo" / "packument.json")
+        await until(lambda: "foo" in rec.seen())
+        assert pid not in child_processes()  # reaped
+    assert "exited with status" in caplog.text
+
+
+def run_child(root: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-P", watch_child.__file__, str(root), "--debounce", "30", "--step", "10", "--timeout", "100"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+
+
+def test_child_protocol_and_exit_at_eof(tmp_path: Path) -> None:
+    with run_child(tmp_path) as child:
+        assert child.stdin is not None and child.stdout is not None
+        try:
+            assert json.loads(child.stdout.readline()) == []  # ready
+            write_atomic(tmp_path / "foo" / "packument.json")
+            changes: list[tuple[int, str]] = []
+            while not changes:
+                changes = json.loads(child.stdout.readline())  # empty ones on timeouts
+            assert [Change.added, str(tmp_path / "foo")] in [[Change(c), p] for c, p in changes]
+            child.stdin.close()  # what the parent's death looks like too
+            assert child.wait(timeout=TIMEOUT) == 0
+        finally:
+            child.kill()
