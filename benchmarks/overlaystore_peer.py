@@ -26,15 +26,13 @@ import json
 import subprocess
 import time
 import urllib.request
-from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks.peer import Credentials, Peer, PeerUnavailable, process_tree, stop_process, wait_for_http
+from benchmarks.peer import Credentials, Peer, PeerUnavailable, adduser, process_tree, stop_process, wait_for_http
 
 REPO = Path(__file__).resolve().parent.parent
 #: The administrator whose token clears the cache (``[auth] admins``).
 ADMIN = "bench-admin"
-_PASSWORD = "bench-password"
 #: Response header naming the worker that answered (server/workers.py);
 #: absent with a single worker.
 _WORKER_HEADER = "X-Overlaystore-Worker"
@@ -162,17 +160,7 @@ admins = [{q(ADMIN)}]
         """A token for ``user`` from npm adduser (registration is open: the
         first call creates the user, later ones log in; both answer 201)."""
         if user not in self._credentials:
-            body = {"_id": f"org.couchdb.user:{user}", "name": user, "password": _PASSWORD, "type": "user",
-                    "roles": [], "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")}
-            request = urllib.request.Request(f"{self.base_url}/-/user/org.couchdb.user:{user}", method="PUT",
-                                             data=json.dumps(body).encode(),
-                                             headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(request, timeout=60) as response:
-                answer = json.loads(response.read())
-            token = answer.get("token") if isinstance(answer, dict) else None
-            if not isinstance(token, str) or not token:
-                raise PeerUnavailable(f"overlaystore: the adduser answer has no token: {answer!r}")
-            self._credentials[user] = Credentials(user=user, token=token)
+            self._credentials[user] = Credentials(user=user, token=adduser(self.base_url, user))
         return self._credentials[user]
 
 

@@ -8,6 +8,8 @@ driven through this one interface, so the scenarios never special-case a peer.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import socket
 import subprocess
@@ -16,6 +18,7 @@ import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 WORK_ROOT = Path(__file__).resolve().parent / ".work"
@@ -74,6 +77,30 @@ class Peer(ABC):
     def credentials(self) -> Credentials:
         """A user able to publish, created through the registry's own API."""
         raise NotImplementedError(f"{self.name} does not accept publishes")
+
+
+#: The password of every user the harness creates.
+BENCH_PASSWORD = "bench-password"
+
+
+def adduser(base_url: str, user: str, *, login: bool = False) -> str:
+    """``npm adduser`` (``PUT /-/user/org.couchdb.user:<user>``) against
+    ``base_url``; returns the token. ``login`` sends the user's Basic
+    credentials too, which registries that answer 409 for an existing user
+    take as a login."""
+    body = {"_id": f"org.couchdb.user:{user}", "name": user, "password": BENCH_PASSWORD, "type": "user",
+            "roles": [], "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")}
+    headers = {"Content-Type": "application/json"}
+    if login:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{BENCH_PASSWORD}".encode()).decode()
+    url = f"{base_url}/-/user/org.couchdb.user:{user}"
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="PUT", headers=headers)
+    with urllib.request.urlopen(request, timeout=60) as response:
+        answer = json.loads(response.read())
+    token = answer.get("token") if isinstance(answer, dict) else None
+    if not isinstance(token, str) or not token:
+        raise PeerUnavailable(f"{url}: the adduser answer has no token: {answer!r}")
+    return token
 
 
 def free_port() -> int:

@@ -19,17 +19,22 @@ Invariants:
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks.peer import Credentials, Peer, PeerUnavailable, process_tree, stop_process, wait_for_http
+from benchmarks.peer import (
+    Credentials,
+    Peer,
+    PeerUnavailable,
+    adduser,
+    process_tree,
+    stop_process,
+    wait_for_http,
+)
 
 VERSION = "6.8.0"
 #: verdaccio-audit (a dependency of 6.8.0) asks for node-fetch by the dist-tag
@@ -40,7 +45,6 @@ _OVERRIDES = {"node-fetch": "2.7.0"}
 #: server/config.py): both proxies revalidate equally often.
 _UPLINK_MAXAGE = "5m"
 _INSTALL_TIMEOUT_S = 900.0
-_PASSWORD = "bench-password"
 
 
 class VerdaccioPeer(Peer):
@@ -224,34 +228,15 @@ max_body_size: 100mb
         return self._credentials[user]
 
     def _adduser(self, user: str) -> str:
-        body = {"_id": f"org.couchdb.user:{user}", "name": user, "password": _PASSWORD, "type": "user",
-                "roles": [], "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")}
-        url = f"{self.base_url}/-/user/org.couchdb.user:{user}"
         try:
-            return _put_token(url, body, headers={})
+            return adduser(self.base_url, user)
         except urllib.error.HTTPError as exc:
             if exc.code != 409:
                 raise
         # 409: the user exists (an earlier run, a new peer object). Verdaccio
         # treats the same PUT as a login when it carries that user's Basic
         # credentials (npm's own fallback sends them too).
-        basic = _basic(user, _PASSWORD)
-        return _put_token(url, body, headers={"Authorization": basic})
-
-
-def _basic(user: str, password: str) -> str:
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
-def _put_token(url: str, body: Mapping[str, object], *, headers: Mapping[str, str]) -> str:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="PUT",
-                                     headers={"Content-Type": "application/json", **headers})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        answer = json.loads(response.read())
-    token = answer.get("token") if isinstance(answer, dict) else None
-    if not isinstance(token, str) or not token:
-        raise PeerUnavailable(f"{url}: the adduser answer has no token: {answer!r}")
-    return token
+        return adduser(self.base_url, user, login=True)
 
 
 __all__ = ["VERSION", "VerdaccioPeer"]

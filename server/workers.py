@@ -204,21 +204,26 @@ class _Supervisor:
             if self._stopping_since is not None:  # a signal arrived while starting
                 self._stop()
         pids: dict[int, int] = {}
-        while any(p.exitcode is None for p in self._processes):
-            sentinels = {p.sentinel: i for i, p in enumerate(self._processes, 1) if p.exitcode is None}
+        # Sentinels only wake the loop: reading ``exitcode`` reaps a dead
+        # worker, so exits are found by index, whichever read reaped them.
+        handled: set[int] = set()
+        while len(handled) < count:
+            sentinels = [p.sentinel for i, p in enumerate(self._processes, 1) if i not in handled]
             for ready in wait([*readers, *sentinels], timeout=_TICK_S):
                 if isinstance(ready, Connection):
                     index = readers.pop(ready)
                     try:
                         pids[index] = ready.recv()
-                    except EOFError:  # it died before listening: its sentinel says more
+                    except EOFError:  # it died before listening: its exit says more
                         pass
                     ready.close()
                     if len(pids) == count and self._stopping_since is None:
                         log.info("%s, %d workers (pids %s)", describe(config), count,
                                  ", ".join(str(pids[i]) for i in sorted(pids)))
-                else:
-                    self._exited(sentinels[ready])  # type: ignore[index]
+            for index, process in enumerate(self._processes, 1):
+                if index not in handled and process.exitcode is not None:
+                    handled.add(index)
+                    self._exited(index)
             if self._stopping_since is not None and time.monotonic() > self._stopping_since + SHUTDOWN_TIMEOUT_S + KILL_MARGIN_S:
                 for index, process in enumerate(self._processes, 1):
                     if process.exitcode is None:
