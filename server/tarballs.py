@@ -29,9 +29,6 @@ from .keys import CONFIG, DOCUMENTS, OUTCOME, STORE, TARBALLS, VIEW
 from .request_info import package_name
 from .tarball_proxy import TARBALL_HEADERS, serve_ref
 
-TARBALL_TYPE = "application/octet-stream"
-
-
 def _filename(request: web.Request) -> str:
     filename = request.match_info["filename"]
     if "/" in filename or "\\" in filename or filename.startswith(".") or not filename.endswith(".tgz"):
