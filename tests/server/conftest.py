@@ -4,6 +4,7 @@ fake upstream, driven through aiohttp's test client."""
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from overlaystore.policy import NamePolicy
+from server import refresh
 from server.app import make_app
 from server.config import AuthConfig, Config, ServerConfig, StorageConfig, UpstreamConfig, WatchConfig
 
@@ -83,3 +85,34 @@ async def registry(registry_factory: RegistryFactory) -> Registry:
     reg = await registry_factory()
     await reg.adduser("alice")
     return reg
+
+
+class ParseCount:
+    """How many times :func:`server.refresh.parse_document` ran."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+
+@pytest.fixture
+def parses(monkeypatch: pytest.MonkeyPatch) -> ParseCount:
+    """Counts upstream packument parses from here on."""
+    count = ParseCount()
+    real = refresh.parse_document
+
+    async def counting(body: bytes) -> dict[str, Any]:
+        count.calls += 1
+        return await real(body)
+
+    monkeypatch.setattr(refresh, "parse_document", counting)
+    return count
+
+
+@pytest.fixture
+def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A clean cwd and no OVERLAYSTORE_* or npm registry settings from the caller."""
+    for key in list(os.environ):
+        if key.startswith("OVERLAYSTORE_") or key.lower() == "npm_config_registry":
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

@@ -84,3 +84,12 @@ def snapshot(root: Path) -> dict[str, bytes]:
 def cache_files(root: Path) -> dict[str, int]:
     """Relative path -> size of the visible files of a cache directory."""
     return {k: len(v) for k, v in snapshot(root).items()}
+
+
+async def registry_with_open_breaker(aiohttp_client: Any, root: Path, fake: Any) -> Registry:
+    """A registry whose circuit breaker has just opened (one failed upstream GET)."""
+    reg = await make_registry(aiohttp_client, root, fake.url, upstream=fast_upstream(fake.url, breaker_failures=1))
+    fake.add_package("left-pad")
+    fake.fail_next(1, status=503)
+    await reg.client.get("/left-pad")
+    return reg

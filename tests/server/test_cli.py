@@ -20,14 +20,7 @@ from server.config_file import load_config
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A clean cwd and no OVERLAYSTORE_* or npm registry settings from the caller."""
-    for key in list(os.environ):
-        if key.startswith("OVERLAYSTORE_") or key.lower() == "npm_config_registry":
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+pytestmark = pytest.mark.usefixtures("hermetic")
 
 
 def run_cli(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -20,13 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HOUR = 3600
 
 
-@pytest.fixture(autouse=True)
-def hermetic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for key in list(os.environ):
-        if key.startswith("OVERLAYSTORE_") or key.lower() == "npm_config_registry":
-            monkeypatch.delenv(key)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+pytestmark = pytest.mark.usefixtures("hermetic")
 
 
 @pytest.fixture

@@ -18,10 +18,10 @@ from overlaystore.policy import DEFAULT_RULE, NamePolicy, PackageRule, ProxyMode
 from overlaystore.render import Variant, render
 from overlaystore.view import ComposedView
 from server import documents as documents_module
-from server import refresh
 from server.config import UpstreamConfig
 from server.documents import THREAD_RENDER_VERSIONS, Documents
 from server.refresh import UpstreamSource
+from tests.server.conftest import ParseCount
 
 URL = "http://registry.test"
 
@@ -47,24 +47,15 @@ async def make(tmp_path: Path) -> tuple[Documents, PackageStore, ComposedView, U
     return Documents(store, view, source, policy), store, view, source
 
 
-async def test_a_miss_after_invalidation_does_not_parse_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_miss_after_invalidation_does_not_parse_again(tmp_path: Path, parses: ParseCount) -> None:
     docs, store, view, source = await make(tmp_path)
     up = upstream_doc("big", 150)
     await store.store_packument(PackageName("big"), orjson.dumps(up), CacheMeta(fetched_at=0.0))
-    parses = 0
-    real = refresh.parse_document
-
-    async def counting(body: bytes) -> dict[str, Any]:
-        nonlocal parses
-        parses += 1
-        return await real(body)
-
-    monkeypatch.setattr(refresh, "parse_document", counting)
     first, _ = await docs.rendered(PackageName("big"), Variant.FULL, URL)
     view.invalidate("big")
     again, _ = await docs.rendered(PackageName("big"), Variant.FULL, URL)
     abbreviated, _ = await docs.rendered(PackageName("big"), Variant.ABBREVIATED, URL)
-    assert parses == 1 and source.parsed_cache.stats.hits == 2
+    assert parses.calls == 1 and source.parsed_cache.stats.hits == 2
     plain = compose(PackageName("big"), None, up)
     assert first == again == render(plain, Variant.FULL, URL)
     assert abbreviated == render(plain, Variant.ABBREVIATED, URL)

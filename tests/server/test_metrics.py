@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from server.config import CacheConfig
 from tests.fakes.upstream import ABBREVIATED, FakeUpstream
 from tests.server.conftest import Registry
-from tests.server.ops_helpers import fast_upstream, fetch, make_registry, publish
+from tests.server.ops_helpers import fast_upstream, fetch, make_registry, publish, registry_with_open_breaker
 
 
 class Scrape:
@@ -165,11 +165,7 @@ async def test_apps_in_one_process_do_not_share_counters(aiohttp_client: Any, tm
 
 async def test_breaker_state_follows_the_client(aiohttp_client: Any, tmp_path: Path,
                                                 fake_upstream: FakeUpstream) -> None:
-    reg = await make_registry(aiohttp_client, tmp_path, fake_upstream.url,
-                              upstream=fast_upstream(fake_upstream.url, breaker_failures=1))
-    fake_upstream.add_package("left-pad")
-    fake_upstream.fail_next(1, status=503)
-    await reg.client.get("/left-pad")
+    reg = await registry_with_open_breaker(aiohttp_client, tmp_path, fake_upstream)
     m = await scrape(reg)
     assert m.value("overlaystore_upstream_breaker_state", state="open") == 1
     assert m.value("overlaystore_upstream_breaker_opened_total") == 1

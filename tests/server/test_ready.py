@@ -15,7 +15,7 @@ from server.breaker import BreakerState
 from server.health import Readiness
 from server.keys import READINESS, UPSTREAM
 from tests.fakes.upstream import FakeUpstream
-from tests.server.ops_helpers import fast_upstream, make_registry, snapshot
+from tests.server.ops_helpers import fast_upstream, make_registry, registry_with_open_breaker, snapshot
 
 
 async def test_ready_without_upstream(aiohttp_client: Any, tmp_path: Path) -> None:
@@ -72,11 +72,7 @@ async def test_concurrent_checks_share_one_probe(fake_upstream: FakeUpstream) ->
 
 async def test_open_breaker_is_down_without_a_probe(aiohttp_client: Any, tmp_path: Path,
                                                     fake_upstream: FakeUpstream) -> None:
-    reg = await make_registry(aiohttp_client, tmp_path, fake_upstream.url,
-                              upstream=fast_upstream(fake_upstream.url, breaker_failures=1))
-    fake_upstream.add_package("left-pad")
-    fake_upstream.fail_next(1, status=503)
-    await reg.client.get("/left-pad")
+    reg = await registry_with_open_breaker(aiohttp_client, tmp_path, fake_upstream)
     assert reg.app[UPSTREAM].breaker_state is BreakerState.OPEN
     resp = await reg.client.get("/-/overlaystore/ready")
     assert resp.status == 200 and (await resp.json())["upstream"] == "down"

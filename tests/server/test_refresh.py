@@ -17,12 +17,12 @@ from overlaystore._types import PackageName
 from overlaystore.cache import CacheMeta
 from overlaystore.errors import StorageError
 from overlaystore.packages import PackageStore
-from server import refresh
 from server.config import UpstreamConfig
 from server.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from server.refresh import UpstreamSource
 from server.upstream import UpstreamClient
 from tests.fakes.upstream import FakeUpstream
+from tests.server.conftest import ParseCount
 
 MAX_AGE = 300.0
 N = PackageName
@@ -225,21 +225,12 @@ async def test_304_for_an_unreadable_copy_refetches(make_env: Any) -> None:
     assert env.fake.count() == 2  # the 304, then an unconditional GET
 
 
-async def test_single_flight(make_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_single_flight(make_env: Any, parses: ParseCount) -> None:
     env: Env = await make_env()
     env.fake.add_package("left-pad", ["1.0.0"])
     env.fake.latency = 0.05
-    parses = 0
-    real = refresh.parse_document
-
-    async def counting(body: bytes) -> dict[str, Any]:
-        nonlocal parses
-        parses += 1
-        return await real(body)
-
-    monkeypatch.setattr(refresh, "parse_document", counting)
     docs = await asyncio.gather(*(env.source.packument(N("left-pad")) for _ in range(20)))
-    assert env.fake.count() == 1 and parses == 1
+    assert env.fake.count() == 1 and parses.calls == 1
     assert all(d is docs[0] for d in docs)
 
 
@@ -297,46 +288,29 @@ async def test_cache_write_failure_still_serves(make_env: Any, monkeypatch: pyte
     assert doc is not None and doc.source == "upstream"
 
 
-async def test_dist_index_spares_a_parse(make_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_dist_index_spares_a_parse(make_env: Any, parses: ParseCount) -> None:
     env: Env = await make_env()
     env.fake.add_package("@acme/widget", ["1.0.0", "1.1.0"])
     await env.source.packument(N("@acme/widget"))
-    parses = 0
-    real = refresh.parse_document
-
-    async def counting(body: bytes) -> dict[str, Any]:
-        nonlocal parses
-        parses += 1
-        return await real(body)
-
-    monkeypatch.setattr(refresh, "parse_document", counting)
+    fetched = parses.calls  # what follows must not parse again
     dist = await env.source.dist(N("@acme/widget"), "1.1.0")
     assert dist is not None
     assert dist.tarball == env.fake.tarball_url("@acme/widget", "1.1.0")
     assert dist.integrity == env.fake.integrity("@acme/widget", "1.1.0")
-    assert dist.shasum is not None and parses == 0
+    assert dist.shasum is not None and parses.calls == fetched
     assert await env.source.dist(N("@acme/widget"), "9.9.9") is None  # unknown: asks the packument ...
-    assert parses == 0  # ... whose unchanged body the parsed cache answers for
+    assert parses.calls == fetched  # ... whose unchanged body the parsed cache answers for
     env.source.parsed_cache.clear()
     assert await env.source.dist(N("@acme/widget"), "9.9.9") is None
-    assert parses == 1
+    assert parses.calls == fetched + 1
 
 
-async def test_unchanged_bodies_are_parsed_once(make_env: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_unchanged_bodies_are_parsed_once(make_env: Any, parses: ParseCount) -> None:
     """Cache hits, 304s and stale-if-error re-use the parse of the same body; a new body is parsed."""
     env: Env = await make_env()
     env.fake.add_package("left-pad", ["1.0.0"])
-    parses = 0
-    real = refresh.parse_document
-
-    async def counting(body: bytes) -> dict[str, Any]:
-        nonlocal parses
-        parses += 1
-        return await real(body)
-
-    monkeypatch.setattr(refresh, "parse_document", counting)
     first = await env.source.packument(N("left-pad"))
-    assert first is not None and first.prepared is not None and parses == 1
+    assert first is not None and first.prepared is not None and parses.calls == 1
     again = await env.source.packument(N("left-pad"))  # fresh in the cache
     assert again is not None and again.doc is first.doc and again.prepared is first.prepared
     env.clock.now += MAX_AGE + 1
@@ -346,13 +320,13 @@ async def test_unchanged_bodies_are_parsed_once(make_env: Any, monkeypatch: pyte
     env.fake.fail_next(1, status=500)
     stale = await env.source.packument(N("left-pad"))
     assert stale is not None and stale.stale and stale.doc is first.doc
-    assert parses == 1
+    assert parses.calls == 1
     env.fake.add_package("left-pad", ["1.0.0", "1.1.0"])
     env.clock.now += MAX_AGE + 1
     changed = await env.source.packument(N("left-pad"))  # 200: parsed, and kept for next time
-    assert changed is not None and "1.1.0" in changed.doc["versions"] and parses == 2
+    assert changed is not None and "1.1.0" in changed.doc["versions"] and parses.calls == 2
     assert (await env.source.packument(N("left-pad"))).doc is changed.doc  # type: ignore[union-attr]
-    assert parses == 2
+    assert parses.calls == 2
 
 
 async def test_parsed_cache_can_be_disabled(fake_upstream: FakeUpstream, tmp_path: Path) -> None:
