@@ -150,6 +150,17 @@ def _rev(name: str, published: PublishedFragment | None, upstream: Mapping[str, 
     return f"{max(1, pub_rev + up_n)}-{digest}"
 
 
+def revision(name: str, published: PublishedFragment | None, upstream: Mapping[str, Any] | None) -> str:
+    """The ``_rev`` that :func:`compose` gives these inputs, without composing
+    (a publish answers with it; composing a package of thousands of versions
+    for one string would cost more than the write)."""
+    up: Mapping[str, Any] = upstream if isinstance(upstream, Mapping) else {}
+    raw_versions, raw_time = up.get("versions"), up.get("time")
+    return _rev(name, published, upstream,
+                raw_versions if isinstance(raw_versions, Mapping) else {},
+                raw_time if isinstance(raw_time, Mapping) else {})
+
+
 def compose(
     name: PackageName,
     published: PublishedFragment | None,
@@ -324,4 +335,5 @@ __all__ = [
     "abbreviate_version",
     "compose",
     "has_install_script",
+    "revision",
 ]

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from overlaystore._types import JSONObject, PackageName
-from overlaystore.compose import compose
+from overlaystore.compose import compose, revision
 from overlaystore.errors import NotFound
 from overlaystore.fragment import PublishedFragment
 from overlaystore.packages import PackageStore
@@ -90,6 +90,12 @@ class Documents:
         """Compose ``name`` now. Raises NotFound when neither store has it."""
         composed, _ = await self._compose(name)
         return composed
+
+    async def revision(self, name: PackageName, fragment: PublishedFragment) -> str:
+        """The ``_rev`` a GET of ``name`` shows once ``fragment`` is what is published."""
+        if self.classify(name, fragment) is Provenance.PRIVATE:
+            return revision(name, fragment, None)
+        return str((await self.composed(name)).doc.get("_rev", "1-0"))
 
     async def rendered(
         self, name: PackageName, variant: Variant, public_url: str

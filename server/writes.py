@@ -34,11 +34,6 @@ def _ok(status: int = 200, **extra: Any) -> web.Response:
     return web.json_response({"ok": True, **extra}, status=status)
 
 
-async def _rev(request: web.Request, name: PackageName) -> str:
-    composed = await request.app[DOCUMENTS].composed(name)
-    return str(composed.doc.get("_rev", "1-0"))
-
-
 async def published_fragment(request: web.Request, name: PackageName) -> PublishedFragment:
     """The published data of ``name``; NotFound for names not published here."""
     fragment = await request.app[STORE].fragment(name)
@@ -71,7 +66,7 @@ async def _publish(request: web.Request, name: PackageName, body: Mapping[str, A
     # patched version: only an explicit `latest` tag (npm's default) moves it.
     overlaid = request.app[POLICY].rule_for(name).proxy is ProxyMode.OVERLAY
     try:
-        await store.publish(
+        published = await store.publish(
             name, checked.version, manifest, checked.tarball,
             tags=checked.tags, user=user, default_latest=not overlaid,
         )
@@ -89,7 +84,7 @@ async def _publish(request: web.Request, name: PackageName, body: Mapping[str, A
             f"once the storage has room: npm dist-tag add {name}@{checked.version} <tag>"
         ) from exc
     log.info("published %s@%s by %s", name, checked.version, who.name)
-    return _ok(201, id=name, rev=await _rev(request, name))
+    return _ok(201, id=name, rev=await request.app[DOCUMENTS].revision(name, published))
 
 
 async def _check_first_publish(request: web.Request, name: PackageName) -> None:

@@ -17,6 +17,7 @@ from overlaystore.compose import (
     abbreviate,
     compose,
     has_install_script,
+    revision,
 )
 from overlaystore.errors import NotFound
 from overlaystore.fragment import PublishedFragment
@@ -321,6 +322,20 @@ def test_rev_is_deterministic_and_tracks_inputs() -> None:
     r1 = compose(NAME, None, no_rev)["_rev"]
     no_rev["versions"]["9.0.0"] = manifest(NAME, "9.0.0")
     assert REV.match(r1) and compose(NAME, None, no_rev)["_rev"] != r1
+
+
+@pytest.mark.parametrize("which", ["private", "upstream only", "both", "upstream without _rev", "malformed upstream"])
+def test_revision_is_the_rev_compose_gives(which: str) -> None:
+    no_rev = upstream()
+    del no_rev["_rev"]
+    frag, up = {
+        "private": (fragment(), None),
+        "upstream only": (None, upstream()),
+        "both": (fragment(rev=4), upstream()),
+        "upstream without _rev": (fragment(), no_rev),
+        "malformed upstream": (fragment(), {**upstream(), "versions": [], "time": "x", "_rev": 7}),
+    }[which]
+    assert revision(NAME, frag, up) == compose(NAME, frag, up)["_rev"]
 
 
 def test_same_inputs_give_same_bytes() -> None:

@@ -48,8 +48,10 @@ async def test_overlay_rule_composes_published_over_upstream(
     reg = await registry_factory(fake_upstream.url, policy=policy)
     await reg.adduser("alice")
     body = publish_body("lodash", "4.17.21-acme.1", tags={"acme": "4.17.21-acme.1"})
-    assert (await reg.client.put("/lodash", json=body, headers=reg.auth("alice"))).status == 201
+    resp = await reg.client.put("/lodash", json=body, headers=reg.auth("alice"))
+    assert resp.status == 201
     doc = await (await reg.client.get("/lodash")).json()
+    assert (await resp.json())["rev"] == doc["_rev"]  # the composed document's, upstream part included
     assert list(doc["versions"]) == ["4.17.20", "4.17.21-acme.1", "4.17.21"]
     assert doc["dist-tags"]["latest"] == "4.17.21"
     assert doc["dist-tags"]["acme"] == "4.17.21-acme.1"

@@ -33,6 +33,16 @@ async def test_publish_then_read_back(registry: Registry) -> None:
     assert doc["_rev"]
 
 
+async def test_publish_answers_with_the_rev_a_read_then_shows(registry: Registry) -> None:
+    c, auth = registry.client, registry.auth("alice")
+    for version in ("1.0.0", "1.1.0"):
+        resp = await c.put("/@acme%2frev", json=publish_body("@acme/rev", version), headers=auth)
+        assert resp.status == 201
+        rev = (await resp.json())["rev"]
+        assert rev == (await (await c.get("/@acme%2frev")).json())["_rev"]
+    assert rev.startswith("2-")
+
+
 async def test_published_tarball_is_served_byte_identical(registry: Registry) -> None:
     data = make_tarball("@acme/widget", "2.0.0")
     body = publish_body("@acme/widget", "2.0.0", tarball=data)
