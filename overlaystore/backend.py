@@ -33,7 +33,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +92,15 @@ class BlobWriter(abc.ABC):
         await self.abort()
 
 
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One write of :meth:`Backend.write_in_order`."""
+
+    key: str
+    data: bytes
+    replace: bool
+
+
 @runtime_checkable
 class Backend(Protocol):
     """A generic async key/bytes store (see the module docstring)."""
@@ -112,6 +121,12 @@ class Backend(Protocol):
     async def write(self, key: str, data: bytes, *, replace: bool) -> None:
         """Store ``data`` atomically. ``replace=False``: write-once, raises
         AlreadyPublished if ``key`` exists (stored bytes unchanged)."""
+
+    async def write_in_order(self, writes: Sequence[Write]) -> None:
+        """Each of ``writes`` as :meth:`write` does it, in one round trip and
+        in order: each is durable before the next becomes visible, so a crash
+        leaves a prefix of them done. The first failure (AlreadyPublished
+        included) ends the call; the writes before it stay."""
 
     async def open_writer(self, key: str, *, replace: bool) -> BlobWriter:
         """A streaming writer for ``key`` (same semantics as :meth:`write`)."""
@@ -223,6 +238,7 @@ __all__ = [
     "BlobWriter",
     "KeyedLocks",
     "RecoveryReport",
+    "Write",
     "check_key",
     "check_prefix",
     "lock_file_name",

@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from ._types import PackageName
 from .atomic import RecoveryReport
-from .backend import BlobInfo, BlobWriter, KeyedLocks, check_key, check_prefix, package_of
+from .backend import BlobInfo, BlobWriter, KeyedLocks, Write, check_key, check_prefix, package_of
 from .errors import AlreadyPublished, InvalidInput
 
 
@@ -68,6 +68,13 @@ class MemoryBackend:
         check_key(key)
         await asyncio.sleep(0)
         self._store(key, bytes(data), replace=replace)
+
+    async def write_in_order(self, writes: Sequence[Write]) -> None:
+        for write in writes:
+            check_key(write.key)
+        await asyncio.sleep(0)
+        for write in writes:
+            self._store(write.key, bytes(write.data), replace=write.replace)
 
     def _store(self, key: str, data: bytes, *, replace: bool) -> None:
         if not replace and key in self._blobs:

@@ -482,20 +482,10 @@ class PackageStore:
                     raise AlreadyPublished(
                         vkey, f"You cannot publish over the previously published versions: {version}."
                     )
-                wrote = True
-                tkey = tarball_key(name, version)
-                try:
-                    await self._published.put(tkey, bytes(tarball))
-                except AlreadyPublished:
-                    # A tarball without its version file: the orphan of a
-                    # crashed publish (we hold the lock, so no publish of this
-                    # version is in flight). It was never served: replace it.
-                    await txn.replace_orphan(tkey, bytes(tarball))
                 now = self._now()
                 stamp = now if published_at is None else isoformat(published_at)
                 doc: JSONObject = {"time": stamp, "manifest": manifest}
                 doc_json = b'{"time":' + orjson.dumps(stamp) + b',"manifest":' + manifest_json + b"}"
-                await self._published.put(vkey, doc_json)  # the commit point
                 first = pkg.meta is None
                 pkg.docs[version] = doc
                 if first and not meta.maintainers:
@@ -508,7 +498,14 @@ class PackageStore:
                 meta.rev += 1
                 meta.modified = now
                 pkg.meta = meta
-                await txn.replace_meta(pkg.normalized().dump())
+                wrote = True
+                # The version file is the commit point. A tarball already
+                # there is the orphan of a crashed publish (we hold the lock,
+                # so no publish of this version is in flight): never served,
+                # so it is replaced.
+                await txn.commit_version(
+                    (tarball_key(name, version), bytes(tarball)), (vkey, doc_json), pkg.normalized().dump()
+                )
                 fragment = pkg.fragment(name)
         finally:
             if wrote:

@@ -10,9 +10,12 @@ Contract:
 
   - :meth:`PackageTransaction.replace_meta`: the one mutable document per
     package (``<name>/package-meta.json``: dist-tags, tombstones, ...);
-  - :meth:`PackageTransaction.replace_orphan` / ``remove_orphan``: repair of a
-    file a crashed publish left without its commit record. The caller must
-    have checked, under this same lock, that the file is an orphan.
+  - :meth:`PackageTransaction.commit_version`: a publish's tarball, version
+    file and metadata, in that order;
+  - :meth:`PackageTransaction.remove_orphan` (and the tarball write of
+    ``commit_version``): repair of a file a crashed publish left without its
+    commit record. The caller must have checked, under this same lock, that
+    the file is an orphan.
 
 * Nothing is ever evicted; cache operations cannot reach this layer (the
   :class:`~overlaystore.layered.LayeredStore` keeps the two on separate
@@ -28,7 +31,7 @@ from typing import Final
 
 from ._types import PackageName
 from .atomic import RecoveryReport
-from .backend import Backend, BlobInfo, BlobWriter, check_key, package_of
+from .backend import Backend, BlobInfo, BlobWriter, Write, check_key, package_of
 from .errors import InvalidInput, StorageError
 
 META_FILE: Final = "package-meta.json"
@@ -125,11 +128,21 @@ class PackageTransaction:
         self._check(key)
         await self._backend.write(key, data, replace=True)
 
-    async def replace_orphan(self, key: str, data: bytes) -> None:
-        """Replace a file a crashed publish left behind (caller verified it is
-        an orphan under this lock)."""
-        self._check(key)
-        await self._backend.write(key, data, replace=True)
+    async def commit_version(self, tarball: tuple[str, bytes], version: tuple[str, bytes], meta: bytes) -> None:
+        """A publish's three writes in one round trip, each durable before the
+        next is visible: the tarball (replacing any orphan of a crashed
+        publish: the caller checked under this lock that the version is not
+        published), the version file (write-once: the commit point), then the
+        metadata. A failure leaves the writes before it done."""
+        for key, _ in (tarball, version):
+            self._check(key)
+            if _is_meta(key):
+                raise InvalidInput(f"{key} is the metadata document, not a file of a version")
+        await self._backend.write_in_order([
+            Write(tarball[0], tarball[1], replace=True),
+            Write(version[0], version[1], replace=False),
+            Write(meta_key(self.name), meta, replace=True),
+        ])
 
     async def remove_orphan(self, key: str) -> bool:
         """Remove a file a crashed publish left behind (caller verified it)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from overlaystore.backend import Backend, BlobInfo, BlobWriter
+from overlaystore.backend import Backend, BlobInfo, BlobWriter, Write
 from overlaystore.cache import CacheLayer
 from overlaystore.disk import FileBackend
 from overlaystore.errors import AlreadyPublished, InvalidInput, StorageError, StorageFull
@@ -62,6 +62,22 @@ class BackendContract:
             await backend.write("p/a", b"second", replace=False)
         assert caught.value.key == "p/a"
         assert await backend.read("p/a") == b"first"
+
+    async def test_write_in_order_stops_at_the_first_failure(self, backend: Backend) -> None:
+        await backend.write("p/taken", b"kept", replace=False)
+        await backend.write("p/meta", b"old", replace=True)
+        with pytest.raises(AlreadyPublished) as caught:
+            await backend.write_in_order([
+                Write("p/a.tgz", b"tarball", replace=False),
+                Write("p/taken", b"lost", replace=False),
+                Write("p/meta", b"new", replace=True),
+            ])
+        assert caught.value.key == "p/taken"
+        assert await backend.read("p/a.tgz") == b"tarball"  # before the failure: done
+        assert await backend.read("p/taken") == b"kept"
+        assert await backend.read("p/meta") == b"old"  # after it: not attempted
+        await backend.write_in_order([Write("p/b.tgz", b"b", replace=False), Write("p/meta", b"new", replace=True)])
+        assert await backend.read_many(["p/b.tgz", "p/meta"]) == {"p/b.tgz": b"b", "p/meta": b"new"}
 
     async def test_replace(self, backend: Backend) -> None:
         await backend.write("p/a", b"first", replace=True)
@@ -419,16 +435,32 @@ class PublishedLayerContract(LayerContract):
         await layer.put("q/q-1.0.0.tgz", b"q")
         async with layer.transaction("p") as txn:  # type: ignore[arg-type]
             with pytest.raises(InvalidInput):
-                await txn.replace_orphan("q/q-1.0.0.tgz", b"x")
+                await txn.commit_version(("q/q-1.0.0.tgz", b"x"), ("p/versions/1.0.0.json", b"{}"), b"{}")
             with pytest.raises(InvalidInput):
                 await txn.remove_orphan("q/q-1.0.0.tgz")
         assert await layer.get("q/q-1.0.0.tgz") == b"q"
 
+    async def test_commit_version_writes_tarball_version_and_meta(self, layer: PublishedLayer) -> None:
+        await layer.put("p/p-1.0.0.tgz", b"torn publish")  # an orphan: no version file
+        async with layer.transaction("p") as txn:  # type: ignore[arg-type]
+            await txn.commit_version(("p/p-1.0.0.tgz", b"good"), ("p/versions/1.0.0.json", b"v1"), b'{"rev": 1}')
+        assert await layer.get("p/p-1.0.0.tgz") == b"good"
+        assert await layer.get("p/versions/1.0.0.json") == b"v1"
+        assert await layer.get("p/package-meta.json") == b'{"rev": 1}'
+
+    async def test_commit_version_stops_at_a_taken_version_file(self, layer: PublishedLayer) -> None:
+        await layer.put("p/versions/1.0.0.json", b"original")
+        async with layer.transaction("p") as txn:  # type: ignore[arg-type]
+            with pytest.raises(AlreadyPublished):
+                await txn.commit_version(("p/p-1.0.0.tgz", b"t"), ("p/versions/1.0.0.json", b"evil"), b"{}")
+            with pytest.raises(InvalidInput):  # the metadata goes only where commit_version puts it
+                await txn.commit_version(("p/package-meta.json", b"{}"), ("p/versions/2.0.0.json", b"v"), b"{}")
+        assert await layer.get("p/versions/1.0.0.json") == b"original"
+        assert await layer.get("p/package-meta.json") is None  # nothing after the failed write
+        assert await layer.get("p/versions/2.0.0.json") is None
+
     async def test_transaction_orphan_repair(self, layer: PublishedLayer) -> None:
         await layer.put("p/p-1.0.0.tgz", b"torn publish")
-        async with layer.transaction("p") as txn:  # type: ignore[arg-type]
-            await txn.replace_orphan("p/p-1.0.0.tgz", b"good")
-        assert await layer.get("p/p-1.0.0.tgz") == b"good"
         async with layer.transaction("p") as txn:  # type: ignore[arg-type]
             assert await txn.remove_orphan("p/p-1.0.0.tgz") is True
         assert await layer.get("p/p-1.0.0.tgz") is None
