@@ -134,14 +134,16 @@ class AtomicFile:
     def write(self, data: bytes) -> None:
         self._file.write(data)
 
-    def commit(self, *, replace: bool) -> None:
-        """Flush, fsync, move into place, fsync the directory."""
+    def commit(self, *, replace: bool) -> int:
+        """Flush, fsync, move into place, fsync the directory. Returns the
+        inode number the file now has at its path."""
         try:
             self._file.flush()
             os.fsync(self._file.fileno())
             for attempt in range(_ATTEMPTS):
                 try:
                     self._move(replace=replace)
+                    inode = os.fstat(self._file.fileno()).st_ino
                     break
                 except FileNotFoundError:
                     # The directory vanished under us (wipe / rm -rf) and took
@@ -155,6 +157,7 @@ class AtomicFile:
             fsync_dir(self._path.parent)
         except FileNotFoundError:
             pass  # wiped right after the move: as if the wipe came later
+        return inode
 
     def _move(self, *, replace: bool) -> None:
         if replace:
@@ -192,16 +195,17 @@ class AtomicFile:
             pass  # replaced into place, or wiped with its directory
 
 
-def write_file(path: Path, data: bytes, *, replace: bool) -> None:
+def write_file(path: Path, data: bytes, *, replace: bool) -> int:
     """Atomically create (``replace=False``: FileExistsError if present) or
-    replace ``path`` with ``data``, durably. Creates missing parent directories."""
+    replace ``path`` with ``data``, durably. Creates missing parent
+    directories. Returns the file's inode number."""
     atomic = AtomicFile(path)
     try:
         atomic.write(data)
     except BaseException:
         atomic.abort()
         raise
-    atomic.commit(replace=replace)
+    return atomic.commit(replace=replace)
 
 
 @dataclass(frozen=True, slots=True)

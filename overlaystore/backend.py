@@ -122,11 +122,12 @@ class Backend(Protocol):
         """Store ``data`` atomically. ``replace=False``: write-once, raises
         AlreadyPublished if ``key`` exists (stored bytes unchanged)."""
 
-    async def write_in_order(self, writes: Sequence[Write]) -> None:
+    async def write_in_order(self, writes: Sequence[Write]) -> list[str]:
         """Each of ``writes`` as :meth:`write` does it, in one round trip and
         in order: each is durable before the next becomes visible, so a crash
         leaves a prefix of them done. The first failure (AlreadyPublished
-        included) ends the call; the writes before it stay."""
+        included) ends the call; the writes before it stay. Returns each
+        key's change tag, as :meth:`list_children` lists it."""
 
     async def open_writer(self, key: str, *, replace: bool) -> BlobWriter:
         """A streaming writer for ``key`` (same semantics as :meth:`write`)."""
@@ -153,6 +154,11 @@ class Backend(Protocol):
         inode number from the directory entry (a replace always gets a new
         one; a delete then re-create may reuse it), an object store's would
         be its ETag."""
+
+    async def read_and_list(self, key: str, prefix: str) -> tuple[bytes | None, dict[str, str]]:
+        """In one round trip: the value of ``key`` (None if absent), *then*
+        :meth:`list_children` of ``prefix``. Callers rely on the order (the
+        listing holds every version file the metadata read first names)."""
 
     async def package_names(self) -> list[PackageName]:
         """Every package name that has at least one key, sorted."""

@@ -98,6 +98,9 @@ class FileBackend:
     async def list_children(self, prefix: str) -> dict[str, str]:
         return await self._io("listing", _children, self._root / check_prefix(prefix), prefix)
 
+    async def read_and_list(self, key: str, prefix: str) -> tuple[bytes | None, dict[str, str]]:
+        return await self._io(f"reading {key}", _read_and_list, self._path(key), self._root / check_prefix(prefix), prefix)
+
     async def package_names(self) -> list[PackageName]:
         return await self._io("listing", _package_names, self._root)
 
@@ -111,10 +114,10 @@ class FileBackend:
         if not await self._io(f"writing {key}", _write, path, bytes(data), replace):
             raise AlreadyPublished(key)
 
-    async def write_in_order(self, writes: Sequence[Write]) -> None:
+    async def write_in_order(self, writes: Sequence[Write]) -> list[str]:
         # One thread hop for all of them: a publish is three small writes, and
         # two extra hops cost about as much as a third fsync.
-        await self._io("writing", _write_in_order, [(w.key, self._path(w.key), bytes(w.data), w.replace) for w in writes])
+        return await self._io("writing", _write_in_order, [(w.key, self._path(w.key), bytes(w.data), w.replace) for w in writes])
 
     async def open_writer(self, key: str, *, replace: bool) -> BlobWriter:
         path = self._path(key)
@@ -154,14 +157,14 @@ class FileBackend:
 
     async def _file_lock(self, name: str) -> int:
         path = self._root / LOCK_DIR / lock_file_name(name)
-        attempt = asyncio.ensure_future(self._io(f"locking {name}", _try_lock, path))
         try:
-            # Shielded: if we are cancelled while the thread runs, it may still
-            # take the lock, which must then be given back, not leaked.
-            fd = await asyncio.shield(attempt)
-        except asyncio.CancelledError:
-            attempt.add_done_callback(_release_result)
-            raise
+            # On the loop: open, a non-blocking flock and two stats of a file
+            # in a local directory cost microseconds, a thread hop a few
+            # hundred (every write pays this first). Only a held lock is
+            # waited for in a thread.
+            fd = _try_lock(path)
+        except OSError as exc:
+            raise atomic.translate(exc, f"locking {name}") from exc
         if fd is not None:
             return fd
         loop = asyncio.get_running_loop()
@@ -310,6 +313,10 @@ def _children(path: Path, prefix: str) -> dict[str, str]:
     except _MISSING:
         return {}
     return {prefix + e.name: str(e.inode()) for e in entries}
+
+
+def _read_and_list(path: Path, directory: Path, prefix: str) -> tuple[bytes | None, dict[str, str]]:
+    return _read(path), _children(directory, prefix)
 
 
 def _subdirs(path: Path) -> list[str]:
@@ -478,13 +485,6 @@ def _fail(future: asyncio.Future[int], exc: BaseException) -> None:
         future.set_exception(exc)
 
 
-def _release_result(attempt: asyncio.Future[int | None]) -> None:
-    if not attempt.cancelled() and attempt.exception() is None:
-        fd = attempt.result()
-        if fd is not None:
-            _release(fd)
-
-
 def _release(fd: int) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_UN)
@@ -503,14 +503,19 @@ def _write(path: Path, data: bytes, replace: bool) -> bool:
     return True
 
 
-def _write_in_order(writes: list[tuple[str, Path, bytes, bool]]) -> None:
+def _write_in_order(writes: list[tuple[str, Path, bytes, bool]]) -> list[str]:
+    tags: list[str] = []
     for key, path, data, replace in writes:
         try:
-            created = _write(path, data, replace)
+            inode = atomic.write_file(path, data, replace=replace)
+        except FileExistsError:
+            if replace:
+                raise
+            raise AlreadyPublished(key) from None
         except OSError as exc:
             raise atomic.translate(exc, f"writing {key}") from exc
-        if not created:
-            raise AlreadyPublished(key)
+        tags.append(str(inode))  # the tag _children gives it
+    return tags
 
 
 def _finish(handle: atomic.AtomicFile, data: bytes, replace: bool) -> bool:

@@ -69,12 +69,13 @@ class MemoryBackend:
         await asyncio.sleep(0)
         self._store(key, bytes(data), replace=replace)
 
-    async def write_in_order(self, writes: Sequence[Write]) -> None:
+    async def write_in_order(self, writes: Sequence[Write]) -> list[str]:
         for write in writes:
             check_key(write.key)
         await asyncio.sleep(0)
         for write in writes:
             self._store(write.key, bytes(write.data), replace=write.replace)
+        return [self._tags[write.key] for write in writes]
 
     def _store(self, key: str, data: bytes, *, replace: bool) -> None:
         if not replace and key in self._blobs:
@@ -129,6 +130,9 @@ class MemoryBackend:
             for key in sorted(self._blobs)
             if key.startswith(prefix) and "/" not in key[len(prefix) :]
         }
+
+    async def read_and_list(self, key: str, prefix: str) -> tuple[bytes | None, dict[str, str]]:
+        return await self.read(key), await self.list_children(prefix)
 
     async def package_names(self) -> list[PackageName]:
         await asyncio.sleep(0)

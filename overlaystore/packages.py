@@ -300,6 +300,10 @@ class VersionDocCache:
         found = self._dirs.get(prefix)
         return found.entries if found is not None else {}
 
+    def add(self, prefix: str, key: str, entry: _CachedDoc) -> None:
+        """``entry`` for ``key``, next to what is cached for ``prefix``."""
+        self.store(prefix, {**self.entries(prefix), key: entry})
+
     def store(self, prefix: str, entries: dict[str, _CachedDoc]) -> None:
         cached = _CachedDir(entries, sum(e.size for e in entries.values()))
         if not entries or _dir_cost(cached) > self._dirs.maxsize:
@@ -388,9 +392,8 @@ class PackageStore:
         # files the cache has not seen are read: re-reading and re-parsing all
         # of them made every publish O(versions).
         mkey, prefix = meta_key(name), f"{name}/versions/"
-        raw_meta = await self._published.get(mkey)
+        raw_meta, listed = await self._published.get_and_list(mkey, prefix)
         meta = _Meta.parse(_load(raw_meta, mkey)) if raw_meta is not None else None
-        listed = await self._published.children(prefix)
         cached = self._version_docs.entries(prefix)
         entries: dict[str, _CachedDoc] = {}
         missing: list[str] = []
@@ -444,8 +447,14 @@ class PackageStore:
         user: Mapping[str, str],
         default_latest: bool = True,
         published_at: datetime | None = None,
+        authorize: Callable[[PublishedFragment | None], Awaitable[None]] | None = None,
     ) -> PublishedFragment:
         """Publish one version (see the module docstring for the protocol).
+
+        ``authorize`` is awaited under the package lock with what is published
+        so far (None: nothing), before anything is written; it raises to
+        refuse. Under the lock, no owner change can slip in between the check
+        and the write.
 
         ``tags`` pointing at live versions (this one included) are set; then,
         if ``default_latest`` and the package has no ``latest``, it is set to
@@ -477,6 +486,8 @@ class PackageStore:
         try:
             async with self._published.transaction(name) as txn:
                 pkg = await self._read(name)
+                if authorize is not None:
+                    await authorize(pkg.fragment(name))
                 meta = pkg.normalized()
                 if version in pkg.docs or version in meta.unpublished:
                     raise AlreadyPublished(
@@ -503,9 +514,11 @@ class PackageStore:
                 # there is the orphan of a crashed publish (we hold the lock,
                 # so no publish of this version is in flight): never served,
                 # so it is replaced.
-                await txn.commit_version(
+                tag = await txn.commit_version(
                     (tarball_key(name, version), bytes(tarball)), (vkey, doc_json), pkg.normalized().dump()
                 )
+                # What the next read would parse, kept: it lists the file under this tag.
+                self._version_docs.add(f"{name}/versions/", vkey, _CachedDoc(tag, len(doc_json), _load(doc_json, vkey)))
                 fragment = pkg.fragment(name)
         finally:
             if wrote:

@@ -81,9 +81,10 @@ class PublishedLayer:
         """Every key under directory prefix ``prefix``, with size and mtime."""
         return await self._backend.list_keys(prefix)
 
-    async def children(self, prefix: str) -> dict[str, str]:
-        """Keys directly under ``prefix`` with their change tags; see :meth:`Backend.list_children`."""
-        return await self._backend.list_children(prefix)
+    async def get_and_list(self, key: str, prefix: str) -> tuple[bytes | None, dict[str, str]]:
+        """``key``'s value, then the keys under ``prefix`` with their change
+        tags, in one round trip; see :meth:`Backend.read_and_list`."""
+        return await self._backend.read_and_list(key, prefix)
 
     async def names(self) -> list[PackageName]:
         return await self._backend.package_names()
@@ -128,21 +129,23 @@ class PackageTransaction:
         self._check(key)
         await self._backend.write(key, data, replace=True)
 
-    async def commit_version(self, tarball: tuple[str, bytes], version: tuple[str, bytes], meta: bytes) -> None:
+    async def commit_version(self, tarball: tuple[str, bytes], version: tuple[str, bytes], meta: bytes) -> str:
         """A publish's three writes in one round trip, each durable before the
         next is visible: the tarball (replacing any orphan of a crashed
         publish: the caller checked under this lock that the version is not
         published), the version file (write-once: the commit point), then the
-        metadata. A failure leaves the writes before it done."""
+        metadata. A failure leaves the writes before it done. Returns the
+        version file's change tag (see :meth:`Backend.list_children`)."""
         for key, _ in (tarball, version):
             self._check(key)
             if _is_meta(key):
                 raise InvalidInput(f"{key} is the metadata document, not a file of a version")
-        await self._backend.write_in_order([
+        tags = await self._backend.write_in_order([
             Write(tarball[0], tarball[1], replace=True),
             Write(version[0], version[1], replace=False),
             Write(meta_key(self.name), meta, replace=True),
         ])
+        return tags[1]
 
     async def remove_orphan(self, key: str) -> bool:
         """Remove a file a crashed publish left behind (caller verified it)."""

@@ -22,6 +22,7 @@ from overlaystore.fragment import PublishedFragment
 from overlaystore.policy import ProxyMode
 
 from .access import require_publish, require_user
+from .auth import Identity
 from .errors import Forbidden
 from .keys import DOCUMENTS, POLICY, SOURCE, STORE
 from .publish import is_publish, parse_publish, server_fields, tarball_members
@@ -45,20 +46,23 @@ async def published_fragment(request: web.Request, name: PackageName) -> Publish
 async def put_package(request: web.Request) -> web.Response:
     """``PUT /<name>``: a publish when it carries a tarball, else deprecate/star."""
     name = package_name(request)
-    await require_user(request)
+    who = await require_user(request)
     body = await read_json_object(request)
     if is_publish(body):
-        return await _publish(request, name, body)
+        return await _publish(request, name, body, who)
     return await _update_versions_and_stars(request, name, body)
 
 
-async def _publish(request: web.Request, name: PackageName, body: Mapping[str, Any]) -> web.Response:
+async def _publish(request: web.Request, name: PackageName, body: Mapping[str, Any], who: Identity) -> web.Response:
     store = request.app[STORE]
     checked = parse_publish(name, body)
-    fragment = await store.fragment(name)
-    who = await require_publish(request, name, fragment)
-    if fragment is None:
-        await _check_first_publish(request, name)
+
+    async def authorize(fragment: PublishedFragment | None) -> None:
+        # Under the package lock: the rights checked are the rights the write meets.
+        await require_publish(request, name, fragment)
+        if fragment is None:
+            await _check_first_publish(request, name)
+
     files = await asyncio.to_thread(tarball_members, checked.tarball)
     user = {"name": who.name, "email": who.email or ""}
     manifest = server_fields(checked.manifest, files, user)
@@ -68,7 +72,7 @@ async def _publish(request: web.Request, name: PackageName, body: Mapping[str, A
     try:
         published = await store.publish(
             name, checked.version, manifest, checked.tarball,
-            tags=checked.tags, user=user, default_latest=not overlaid,
+            tags=checked.tags, user=user, default_latest=not overlaid, authorize=authorize,
         )
     except StorageError as exc:
         # The version file is the commit point and the metadata (dist-tags)

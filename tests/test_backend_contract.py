@@ -120,6 +120,15 @@ class BackendContract:
         with pytest.raises(InvalidInput):
             await backend.list_children("p/versions")
 
+    async def test_read_and_list(self, backend: Backend) -> None:
+        assert await backend.read_and_list("p/meta", "p/versions/") == (None, {})
+        for key in ["p/versions/1.json", "p/meta"]:
+            await backend.write(key, b"x", replace=False)
+        data, listed = await backend.read_and_list("p/meta", "p/versions/")
+        assert data == b"x" and listed == await backend.list_children("p/versions/")
+        with pytest.raises(InvalidInput):
+            await backend.read_and_list("p/../meta", "p/versions/")
+
     async def test_list_children_tag_changes_on_replace(self, backend: Backend) -> None:
         await backend.write("p/a", b"first", replace=True)
         before = (await backend.list_children("p/"))["p/a"]
