@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import orjson
 from aiohttp import web
 
 from overlaystore.render import Rendered, Variant
 
 from .access import require_read
 from .bodies import send_body
-from .documents import Outcome, version_manifest
+from .documents import Outcome
 from .keys import DOCUMENTS, OUTCOME
 from .request_info import (
     ABBREVIATED_TYPE,
@@ -81,11 +80,5 @@ async def get_version(request: web.Request) -> web.Response:
     """``GET /<name>/<version-or-tag>``: one manifest, tarball URL rewritten."""
     name = package_name(request)
     await require_read(request, name)
-    rendered, _ = await request.app[DOCUMENTS].rendered(name, Variant.FULL, public_url(request))
-    # The rendered bytes already carry rewritten tarball URLs.
-    manifest = version_manifest(orjson.loads(rendered.body), request.match_info["version"])
-    return web.Response(
-        body=orjson.dumps(manifest),
-        content_type="application/json",
-        headers={"Cache-Control": _CACHE_CONTROL},
-    )
+    body = await request.app[DOCUMENTS].manifest(name, request.match_info["version"], public_url(request))
+    return web.Response(body=body, content_type="application/json", headers={"Cache-Control": _CACHE_CONTROL})

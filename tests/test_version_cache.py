@@ -56,7 +56,7 @@ def version_doc(name: str, version: str, **extra: object) -> bytes:
     return orjson.dumps({"time": "2026-01-01T00:00:00.000Z", "manifest": manifest(name, version, b"x", **extra)})
 
 
-async def test_reads_only_new_version_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_never_reads_back_the_version_files_it_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = await open_store(tmp_path)
     for v in ["1.0.0", "1.0.1", "1.0.2"]:
         await publish(store, W, v)
@@ -67,9 +67,19 @@ async def test_reads_only_new_version_files(tmp_path: Path, monkeypatch: pytest.
     assert first is not None and second is not None
     assert set(second.versions) == {"1.0.0", "1.0.1", "1.0.2", "1.0.3"}
     assert second.versions["1.0.3"] == manifest(W, "1.0.3", tgz(W, "1.0.3"))
-    # The earlier publishes' reads cached 1.0.0 and 1.0.1; each file after
-    # that is read exactly once, by the first read that lists it.
-    assert reads.keys == [version_file_key(W, "1.0.2"), version_file_key(W, "1.0.3")]
+    # Each publish cached the file it wrote, under the tag a listing shows.
+    assert reads.keys == []
+
+
+async def test_reads_each_foreign_version_file_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ours, theirs = await open_store(tmp_path), await open_store(tmp_path)
+    await publish(ours, W, "1.0.0")
+    reads = CountingReads(monkeypatch, ours.layered.published)
+    for v in ["1.0.1", "1.0.2"]:
+        await publish(theirs, W, v)
+    for _ in range(2):
+        assert set((await ours.fragment(W)).versions) == {"1.0.0", "1.0.1", "1.0.2"}  # type: ignore[union-attr]
+    assert reads.keys == [version_file_key(W, "1.0.1"), version_file_key(W, "1.0.2")]
 
 
 async def test_sees_versions_another_store_on_the_same_directory_wrote(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ version manifests, and in-process coherence (a write shows at once)."""
 from __future__ import annotations
 
 import gzip
+from typing import Any
 
 import pytest
 
@@ -85,6 +86,29 @@ async def test_version_manifest_route(published: Registry) -> None:
     assert (await scoped.json())["version"] == "1.0.0"
     missing = await c.get("/foo/9.9.9")
     assert missing.status == 404 and "error" in await missing.json()
+
+
+async def test_version_manifest_is_cut_once_per_packument(
+    published: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import server.documents
+
+    cuts: list[str] = []
+    cut = server.documents.version_manifest
+
+    def counting(doc: dict[str, Any], spec: str) -> dict[str, Any]:
+        cuts.append(spec)
+        return cut(doc, spec)
+
+    monkeypatch.setattr(server.documents, "version_manifest", counting)
+    c = published.client
+    for _ in range(3):
+        assert (await (await c.get("/foo/latest")).json())["version"] == "1.0.0"
+    assert cuts == ["latest"]
+    # A publish makes a new packument: the tag is resolved again, in it.
+    assert (await c.put("/foo", json=publish_body("foo", "1.1.0"), headers=published.auth("alice"))).status == 201
+    assert (await (await c.get("/foo/latest")).json())["version"] == "1.1.0"
+    assert cuts == ["latest", "latest"]
 
 
 async def test_unknown_package_is_json_404(registry: Registry) -> None:
