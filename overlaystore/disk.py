@@ -99,7 +99,8 @@ class FileBackend:
         return await self._io("listing", _children, self._root / check_prefix(prefix), prefix)
 
     async def read_and_list(self, key: str, prefix: str) -> tuple[bytes | None, dict[str, str]]:
-        return await self._io(f"reading {key}", _read_and_list, self._path(key), self._root / check_prefix(prefix), prefix)
+        directory = self._root / check_prefix(prefix)
+        return await self._io(f"reading {key}", _read_and_list, self._path(key), directory, prefix)
 
     async def package_names(self) -> list[PackageName]:
         return await self._io("listing", _package_names, self._root)
@@ -117,7 +118,8 @@ class FileBackend:
     async def write_in_order(self, writes: Sequence[Write]) -> list[str]:
         # One thread hop for all of them: a publish is three small writes, and
         # two extra hops cost about as much as a third fsync.
-        return await self._io("writing", _write_in_order, [(w.key, self._path(w.key), bytes(w.data), w.replace) for w in writes])
+        planned = [(w.key, self._path(w.key), bytes(w.data), w.replace) for w in writes]
+        return await self._io("writing", _write_in_order, planned)
 
     async def open_writer(self, key: str, *, replace: bool) -> BlobWriter:
         path = self._path(key)
