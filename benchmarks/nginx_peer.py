@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.corpus import Corpus, url_path
-from benchmarks.peer import Peer, PeerUnavailable, process_tree, stop_process, wait_for_http
+from benchmarks.peer import Peer, PeerUnavailable, stop_process, wait_for_http
 from overlaystore.render import gzip_bytes
 
 #: same core count overlaystore gets in the comparison
@@ -129,7 +129,6 @@ class NginxPeer(Peer):
     def __init__(self, work: Path | None = None) -> None:
         super().__init__(work)
         self._binary: str | None = None
-        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def www(self) -> Path:
@@ -214,12 +213,3 @@ class NginxPeer(Peer):
         conf.write_text(self.config())
         self._process = start_nginx(self._binary, conf, self.work.resolve(), self.base_url)
 
-    def stop(self) -> None:
-        if self._process is not None:
-            stop_process(self._process)
-            self._process = None
-
-    def pids(self) -> list[int]:
-        if self._process is None or self._process.poll() is not None:
-            return []
-        return process_tree(self._process.pid)

@@ -28,7 +28,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from benchmarks.peer import Credentials, Peer, PeerUnavailable, adduser, process_tree, stop_process, wait_for_http
+from benchmarks.peer import Credentials, Peer, PeerUnavailable, adduser, wait_for_http
 
 REPO = Path(__file__).resolve().parent.parent
 #: The administrator whose token clears the cache (``[auth] admins``).
@@ -46,6 +46,7 @@ class OverlaystorePeer(Peer):
     """overlaystore as a caching proxy with publishing (see the module docstring)."""
 
     name = "overlaystore"
+    stop_timeout_s = 30.0  # in-flight requests get to finish
 
     def __init__(self, work: Path | None = None, *, workers: int = 1, repo: Path = REPO) -> None:
         if workers < 1:
@@ -56,7 +57,6 @@ class OverlaystorePeer(Peer):
         self.config_file = self.work / "overlaystore.toml"
         self.log_file = self.work / "overlaystore.log"
         self._upstream_url: str | None = None
-        self._process: subprocess.Popen[bytes] | None = None
         self._credentials: dict[str, Credentials] = {}
 
     @property
@@ -124,14 +124,6 @@ admins = [{q(ADMIN)}]
         except PeerUnavailable as exc:
             self.stop()
             raise PeerUnavailable(f"overlaystore: {exc} (log: {self.log_file})") from exc
-
-    def stop(self) -> None:
-        if self._process is not None:
-            stop_process(self._process, timeout_s=30.0)
-            self._process = None
-
-    def pids(self) -> list[int]:
-        return [] if self._process is None or self._process.poll() is not None else process_tree(self._process.pid)
 
     def clear_cache(self) -> None:
         """``POST /-/overlaystore/cache/clear`` as the administrator, on every

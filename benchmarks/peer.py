@@ -44,10 +44,17 @@ class Peer(ABC):
     #: a proxy has an upstream cache that :meth:`clear_cache` empties
     is_proxy: bool = True
     can_publish: bool = True
+    #: ``npm ci`` can install the corpus from it
+    installs: bool = True
+
+    #: seconds :meth:`stop` gives the server to exit before killing it
+    stop_timeout_s: float = 10.0
 
     def __init__(self, work: Path | None = None) -> None:
         self.work = (work or WORK_ROOT) / self.name
         self.port = free_port()
+        #: the server process :meth:`start` runs
+        self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def base_url(self) -> str:
@@ -62,13 +69,17 @@ class Peer(ABC):
     def start(self) -> None:
         """Start the server and return once it answers HTTP."""
 
-    @abstractmethod
     def stop(self) -> None:
         """Stop the server and wait for its processes to exit."""
+        if self._process is not None:
+            stop_process(self._process, timeout_s=self.stop_timeout_s)
+            self._process = None
 
-    @abstractmethod
     def pids(self) -> list[int]:
         """Every process of the running server (supervisor and workers)."""
+        if self._process is None or self._process.poll() is not None:
+            return []
+        return process_tree(self._process.pid)
 
     def clear_cache(self) -> None:
         """Empty the upstream cache so the next install is a cold one."""

@@ -25,6 +25,7 @@ from pathlib import Path
 OVERLAYSTORE = "overlaystore"
 VERDACCIO = "verdaccio"
 NGINX = "nginx"
+AIOHTTP = "aiohttp"
 #: the peers ratios are taken against, in table order
 COMPARED = (VERDACCIO, NGINX)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -129,7 +130,7 @@ class Report:
     date: str  # local time, ISO 8601
     corpus: str  # kind
     corpus_summary: str
-    mode: str  # "quick" | "full"
+    mode: str  # "quick" | "full" | "partial" (a subset of the peers, scenarios or settings)
     settings: str  # durations, repetitions, connections
     machine: Machine
     peers: tuple[str, ...]  # the peers measured, table order
@@ -227,10 +228,17 @@ def fmt_outcome(outcome: Outcome | None) -> str:
     return text
 
 
-def fmt_ratio(value: float | None) -> str:
+def fmt_ratio(value: float | None, bound: float | None = None) -> str:
+    """Three significant digits; four when three would read as exactly a
+    target's ``bound`` the value misses (0.29976 is not "0.3×")."""
     if value is None:
         return "—"
-    return f"{value:.3g}×" if value < 100 else f"{value:,.0f}×"
+    if value >= 100:
+        return f"{value:,.0f}×"
+    text = f"{value:.3g}"
+    if bound is not None and value != bound and float(text) == bound:
+        text = f"{value:.4g}"
+    return text + "×"
 
 
 def scenario_order(outcomes: Iterable[Outcome]) -> list[tuple[str, str, str]]:
@@ -276,7 +284,8 @@ def to_markdown(report: Report) -> str:
         target = TARGETS.get(scenario)
         row = [f"{title} ({unit})" if unit.endswith("/s") else title]
         row += [fmt_outcome(find(outcomes, scenario, peer)) for peer in report.peers]
-        row += [fmt_ratio(ratio(outcomes, scenario, peer)) for peer in compared]
+        row += [fmt_ratio(ratio(outcomes, scenario, peer), target.bound if target and target.against == peer else None)
+                for peer in compared]
         row += [target.text() if target else "", verdict(outcomes, scenario)]
         lines.append("| " + " | ".join(row) + " |")
     detailed = [o for o in outcomes if o.details]
@@ -328,13 +337,18 @@ def to_json(report: Report) -> dict[str, object]:
 
 
 def write(report: Report, directory: Path = RESULTS_DIR) -> tuple[Path, Path]:
-    """``<directory>/<YYYY-MM-DD>-<corpus>[-quick].json`` and ``.md``; returns both paths.
+    """``<directory>/<YYYY-MM-DD>-<corpus>[-<mode>].json`` and ``.md``; returns both paths.
 
-    A quick run gets its own name so a smoke test never overwrites the day's
-    full results (the files that get committed).
+    A quick or partial run gets its own name so that it never overwrites the
+    day's full results (a partial one also carries its start time: several
+    are often made in a day).
     """
     directory.mkdir(parents=True, exist_ok=True)
-    stem = f"{report.date[:10]}-{report.corpus}" + ("-quick" if report.mode == "quick" else "")
+    stem = f"{report.date[:10]}-{report.corpus}"
+    if report.mode == "quick":
+        stem += "-quick"
+    elif report.mode == "partial":
+        stem += f"-partial-{report.date[11:13]}{report.date[14:16]}"
     json_path, md_path = directory / f"{stem}.json", directory / f"{stem}.md"
     json_path.write_text(json.dumps(to_json(report), indent=2, ensure_ascii=False) + "\n")
     md_path.write_text(to_markdown(report))

@@ -1,7 +1,7 @@
 """``python -m benchmarks peers``: overlaystore, Verdaccio and nginx side by side.
 
     python -m benchmarks peers [--corpus real|synthetic|auto] [--quick]
-                               [--peers overlaystore,verdaccio,nginx] [--only SCENARIO ...]
+                               [--peers overlaystore,verdaccio,nginx[,aiohttp]] [--only SCENARIO ...]
                                [--workers N] [--work DIR] [--json] [--no-write]
 
 Order of a run: load the corpus; start the static upstream (127.0.0.1, the
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from benchmarks import report, scenarios, wrk
 from benchmarks.corpus import Corpus, describe, load
 from benchmarks.peer import WORK_ROOT, Peer, PeerUnavailable
-from benchmarks.report import NGINX, OVERLAYSTORE, VERDACCIO, Outcome
+from benchmarks.report import AIOHTTP, NGINX, OVERLAYSTORE, VERDACCIO, Outcome
 from benchmarks.scenarios import (
     NPM_CI_COLD,
     NPM_CI_WARM,
@@ -50,7 +50,9 @@ from benchmarks.scenarios import (
 if TYPE_CHECKING:
     from benchmarks.nginx_peer import NginxPeer
 
-PEERS = (OVERLAYSTORE, VERDACCIO, NGINX)
+PEERS = (OVERLAYSTORE, VERDACCIO, NGINX, AIOHTTP)
+#: measured unless --peers says otherwise (aiohttp is a reference asked for by name)
+DEFAULT_PEERS = (OVERLAYSTORE, VERDACCIO, NGINX)
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -60,7 +62,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="real: captured once from the configured upstream; synthetic: generated (default: auto)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 2 s wrk runs, 1 round, 1 start-up (a few minutes)")
-    parser.add_argument("--peers", default=",".join(PEERS), help=f"comma-separated subset of {','.join(PEERS)}")
+    parser.add_argument("--peers", default=",".join(DEFAULT_PEERS),
+                        help=f"comma-separated subset of {','.join(PEERS)} (default: {','.join(DEFAULT_PEERS)}; "
+                             "aiohttp: a bare aiohttp app serving nginx's bytes, the floor of the HTTP layer)")
     parser.add_argument("--only", nargs="+", metavar="SCENARIO",
                         help="scenario ids or prefixes (packument-small, packument, tarball, revalidate, npm-ci, "
                              "publish, peak-rss, startup)")
@@ -118,6 +122,7 @@ class Run:
     # --- set-up ------------------------------------------------------------
 
     def setup_peers(self, corpus: Corpus, upstream_url: str) -> None:
+        from benchmarks.aiohttp_peer import AiohttpPeer
         from benchmarks.nginx_peer import NginxPeer
         from benchmarks.overlaystore_peer import OverlaystorePeer
         from benchmarks.verdaccio_peer import VerdaccioPeer
@@ -147,6 +152,13 @@ class Run:
             self.peers.append(overlaystore)
         if nginx is not None:
             self.peers.append(nginx)
+        if AIOHTTP in wanted:
+            if nginx is None:
+                self.skip(AIOHTTP, "it serves the bytes the nginx peer prepares: add nginx to --peers")
+            else:
+                floor = AiohttpPeer(nginx.www, self.args.work)
+                if self._setup(floor, upstream_url):
+                    self.peers.append(floor)
         self.peers.sort(key=lambda peer: PEERS.index(peer.name))
 
     def _setup(self, peer: Peer, upstream_url: str) -> bool:
@@ -222,7 +234,7 @@ class Run:
                 self.outcomes.extend(scenarios.rss_outcomes(peer, sampler))
         for scenario in selected[last:]:
             self.measure_wrk(scenario, peer)
-        if self.selection.wants(NPM_CI_WARM) and self._npm_available():
+        if self.selection.wants(NPM_CI_WARM) and peer.installs and self._npm_available():
             self.attempt(NPM_CI_WARM, peer, lambda: scenarios.npm_ci(corpus, peer, cold=False))
         if self.selection.wants(NPM_CI_COLD) and peer.is_proxy and self._npm_available():
             self.attempt(NPM_CI_COLD, peer, lambda: scenarios.npm_ci(corpus, peer, cold=True))
@@ -279,6 +291,14 @@ class Run:
                 traceback.print_exc(file=sys.stderr)
 
 
+def _mode(args: argparse.Namespace) -> str:
+    if args.quick:
+        return "quick"
+    if args.only or tuple(args.peer_names) != DEFAULT_PEERS or args.workers != 1:
+        return "partial"
+    return "full"
+
+
 def main(argv: Sequence[str]) -> int:
     from benchmarks.static_upstream import StaticUpstream
 
@@ -304,7 +324,7 @@ def main(argv: Sequence[str]) -> int:
     outcomes = sorted(report.merge(run.outcomes), key=lambda o: (order.get(o.scenario, len(order)),
                                                                   PEERS.index(o.peer) if o.peer in PEERS else 9))
     result = report.Report(
-        date=date, corpus=corpus.kind, corpus_summary=describe(corpus), mode="quick" if args.quick else "full",
+        date=date, corpus=corpus.kind, corpus_summary=describe(corpus), mode=_mode(args),
         settings=run.settings.describe() + (f"; overlaystore --workers {args.workers}" if args.workers != 1 else ""),
         machine=machine, peers=tuple(peer.name for peer in run.peers), outcomes=tuple(outcomes),
         skipped=tuple(run.skipped), notes=tuple(run.notes), loadavg_end=report.loadavg(),

@@ -26,15 +26,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from benchmarks.peer import (
-    Credentials,
-    Peer,
-    PeerUnavailable,
-    adduser,
-    process_tree,
-    stop_process,
-    wait_for_http,
-)
+from benchmarks.peer import Credentials, Peer, PeerUnavailable, adduser, wait_for_http
 
 VERSION = "6.8.0"
 #: verdaccio-audit (a dependency of 6.8.0) asks for node-fetch by the dist-tag
@@ -59,7 +51,6 @@ class VerdaccioPeer(Peer):
         self.htpasswd = self.work / "htpasswd"
         self.config_file = self.work / "config.yaml"
         self.log_file = self.work / "verdaccio.log"
-        self._process: subprocess.Popen[bytes] | None = None
         self._credentials: dict[str, Credentials] = {}
 
     @property
@@ -174,14 +165,6 @@ max_body_size: 100mb
         except PeerUnavailable as exc:
             self.stop()
             raise PeerUnavailable(f"verdaccio: {exc} (log: {self.log_file})") from exc
-
-    def stop(self) -> None:
-        if self._process is not None:
-            stop_process(self._process)
-            self._process = None
-
-    def pids(self) -> list[int]:
-        return [] if self._process is None or self._process.poll() is not None else process_tree(self._process.pid)
 
     def clear_cache(self) -> None:
         running = self._process is not None

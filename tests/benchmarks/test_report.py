@@ -101,6 +101,8 @@ def test_formatting() -> None:
     assert report.fmt_outcome(seconds("x", OVERLAYSTORE, 6.27)) == "6.27 s"
     assert report.fmt_outcome(None) == "—"
     assert report.fmt_ratio(12.345) == "12.3×"
+    assert report.fmt_ratio(0.29976, bound=0.3) == "0.2998×"  # a miss never reads as the target
+    assert report.fmt_ratio(0.29976) == report.fmt_ratio(0.3, bound=0.3) == "0.3×"
 
 
 def _report(mode: str = "full") -> report.Report:
@@ -145,3 +147,5 @@ def test_json_and_file_names(tmp_path: Path) -> None:
     assert data["machine"]["nproc"] == 2
     quick_json, _ = report.write(_report("quick"), tmp_path)
     assert quick_json.name == "2026-11-26-synthetic-quick.json"
+    partial_json, _ = report.write(_report("partial"), tmp_path)
+    assert partial_json.name == "2026-11-26-synthetic-partial-1000.json"
