@@ -23,6 +23,10 @@ thread: zlib releases the GIL while it compresses (the bulk of the render of
 a big document), so the event loop keeps serving meanwhile; orjson holds the
 GIL, so serialization still competes with the loop. Smaller documents render
 inline (a thread hop costs ~0.2 ms here, about what they take).
+
+Single version manifests (``GET /<name>/<version>``) are cut from the full
+rendering once and kept, each with the ETag of the rendering it came from:
+one is served only while that rendering is the one the LRU serves.
 """
 
 from __future__ import annotations
