@@ -25,11 +25,11 @@ from pathlib import Path
 import xxhash
 from aiohttp import web
 
+from benchmarks.nginx_peer import ABBREVIATED
 from benchmarks.peer import Peer, PeerUnavailable, wait_for_http
 from server.app import LISTEN_BACKLOG, new_event_loop
 from server.bodies import send_body
 
-ABBREVIATED = "application/vnd.npm.install-v1+json"
 _REPO = Path(__file__).resolve().parent.parent
 
 

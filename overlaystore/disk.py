@@ -112,7 +112,7 @@ class FileBackend:
 
     async def write(self, key: str, data: bytes, *, replace: bool) -> None:
         path = self._path(key)
-        if not await self._io(f"writing {key}", _write, path, bytes(data), replace):
+        if await self._io(f"writing {key}", _write, path, bytes(data), replace) is None:
             raise AlreadyPublished(key)
 
     async def write_in_order(self, writes: Sequence[Write]) -> list[str]:
@@ -494,28 +494,26 @@ def _release(fd: int) -> None:
         os.close(fd)
 
 
-def _write(path: Path, data: bytes, replace: bool) -> bool:
-    """False if a no-replace write found the key taken (stored bytes untouched)."""
+def _write(path: Path, data: bytes, replace: bool) -> int | None:
+    """The file's inode number (its listing tag); None if a no-replace write
+    found the key taken (stored bytes untouched)."""
     try:
-        atomic.write_file(path, data, replace=replace)
+        return atomic.write_file(path, data, replace=replace)
     except FileExistsError:
         if replace:
             raise
-        return False
-    return True
+        return None
 
 
 def _write_in_order(writes: list[tuple[str, Path, bytes, bool]]) -> list[str]:
     tags: list[str] = []
     for key, path, data, replace in writes:
         try:
-            inode = atomic.write_file(path, data, replace=replace)
-        except FileExistsError:
-            if replace:
-                raise
-            raise AlreadyPublished(key) from None
+            inode = _write(path, data, replace)
         except OSError as exc:
             raise atomic.translate(exc, f"writing {key}") from exc
+        if inode is None:
+            raise AlreadyPublished(key)
         tags.append(str(inode))  # the tag _children gives it
     return tags
 

@@ -14,7 +14,6 @@ The only place that knows the order of the layers:
 from __future__ import annotations
 
 import asyncio
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal

@@ -13,6 +13,7 @@ from .keys import DOCUMENTS, OUTCOME
 from .request_info import (
     ABBREVIATED_TYPE,
     accepts_gzip,
+    client_etags,
     package_name,
     public_url,
     variant_of,
@@ -29,12 +30,8 @@ def _gzip_etag(etag: str) -> str:
 
 
 def _etag_matches(request: web.Request, etag: str) -> bool:
-    header = request.headers.get("If-None-Match")
-    if not header:
-        return False
-    candidates = {tag.strip().removeprefix("W/") for tag in header.split(",")}
     # Either encoding's tag proves the client holds this version of the document.
-    return bool(candidates & {etag, _gzip_etag(etag), "*"})
+    return bool(client_etags(request) & {etag, _gzip_etag(etag), "*"})
 
 
 async def _respond(

@@ -59,6 +59,15 @@ def accepts_gzip(request: web.Request) -> bool:
     return "gzip" in request.headers.get("Accept-Encoding", "")
 
 
+def client_etags(request: web.Request) -> set[str]:
+    """The entity tags of ``If-None-Match``, weak ones as strong (the
+    comparison GET revalidation uses); empty without the header."""
+    header = request.headers.get("If-None-Match")
+    if not header:
+        return set()
+    return {tag.strip().removeprefix("W/") for tag in header.split(",")}
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj = dict(pairs)
     if len(obj) != len(pairs):

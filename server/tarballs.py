@@ -26,8 +26,9 @@ from overlaystore.view import TARBALL
 from .access import require_read
 from .bodies import send_body
 from .keys import CONFIG, DOCUMENTS, OUTCOME, STORE, TARBALLS, VIEW
-from .request_info import package_name
+from .request_info import client_etags, package_name
 from .tarball_proxy import TARBALL_HEADERS, serve_ref
+
 
 def _filename(request: web.Request) -> str:
     filename = request.match_info["filename"]
@@ -43,8 +44,7 @@ def _held(data: bytes) -> Rendered:
 
 async def _from_memory(request: web.Request, held: Rendered) -> web.StreamResponse:
     headers = {**TARBALL_HEADERS, "ETag": held.etag}
-    match = request.headers.get("If-None-Match")
-    if match and held.etag in {tag.strip().removeprefix("W/") for tag in match.split(",")}:
+    if held.etag in client_etags(request):
         return web.Response(status=304, headers=headers)
     if request.method == "HEAD":
         return web.Response(headers={**headers, "Content-Length": str(held.size)})

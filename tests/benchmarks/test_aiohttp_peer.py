@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.aiohttp_peer import ABBREVIATED, AiohttpPeer
+from benchmarks.aiohttp_peer import AiohttpPeer
+from benchmarks.nginx_peer import ABBREVIATED
 from benchmarks.peer import PeerUnavailable
 
 FULL = b'{"name":"left-pad","versions":{"1.0.0":{"readme":"long"}}}'
