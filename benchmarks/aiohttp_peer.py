@@ -27,7 +27,7 @@ from aiohttp import web
 
 from benchmarks.nginx_peer import ABBREVIATED
 from benchmarks.peer import Peer, PeerUnavailable, wait_for_http
-from server.app import LISTEN_BACKLOG, new_event_loop
+from server.serving import LISTEN_BACKLOG, new_event_loop
 from server.bodies import send_body
 
 _REPO = Path(__file__).resolve().parent.parent

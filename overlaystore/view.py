@@ -144,20 +144,21 @@ class ComposedView:
         self._evictions = 0
 
     # --- reads -------------------------------------------------------------
-    def get(self, name: str, variant: Representation, public_url: str) -> Rendered | None:
+    def get(self, name: str, variant: Representation, public_url: str, *, count_miss: bool = True) -> Rendered | None:
         """The cached rendering, or ``None`` (absent or expired: a miss).
-        For a tarball: ``get(name, TARBALL, filename)``."""
+        For a tarball: ``get(name, TARBALL, filename)``. ``count_miss=False``:
+        a look that another ``get`` follows on a miss (counted there once)."""
         key = (name, variant, public_url)
         entry = self._cache.get(key)
         if entry is None:
-            self._misses += 1
+            self._misses += count_miss
             return None
         rendered, expires_at, slot, stamp = entry
         if (expires_at is not None and expires_at <= self._now()) or (
             slot >= 0 and self._read_slot(slot) != stamp
         ):
             self._drop(key)
-            self._misses += 1
+            self._misses += count_miss
             return None
         self._hits += 1
         return rendered

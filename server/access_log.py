@@ -21,18 +21,17 @@ def redact(path: str) -> str:
     return _SECRET_PATHS.sub(r"\1<redacted>", path)
 
 
+def log_request(logger: logging.Logger, method: str, path: str, status: int, body_bytes: int,
+                seconds: float, outcome: str) -> None:
+    """The one access-log line (aiohttp's requests and the hit path's)."""
+    logger.info("%s %s %d %dB %.1fms %s", method, redact(path), status, body_bytes, seconds * 1000, outcome)
+
+
 class AccessLogger(AbstractAccessLogger):
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         outcome = request.get(OUTCOME, "-") if hasattr(request, "get") else "-"
-        self.logger.info(
-            "%s %s %d %dB %.1fms %s",
-            request.method,
-            redact(request.rel_url.path),
-            response.status,
-            response.body_length,
-            time * 1000,
-            outcome,
-        )
+        log_request(self.logger, request.method, request.rel_url.path, response.status, response.body_length,
+                    time, outcome)
 
     @property
     def enabled(self) -> bool:

@@ -3,15 +3,14 @@
 ``make_app(config)`` wires the library (store, composed view, watcher) and the
 server services (authenticator, upstream client, packument source, tarball
 proxy) on the app; ``cleanup_ctx`` opens them at start-up and closes them on
-shutdown. ``run(config)`` serves until SIGINT/SIGTERM, letting in-flight
-requests finish.
+shutdown. ``run(config)`` serves it until SIGINT/SIGTERM
+(:func:`server.serving.serve`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 from collections.abc import AsyncIterator, Iterable
 
 from aiohttp import web
@@ -24,7 +23,6 @@ from overlaystore.view import ComposedView
 from overlaystore.watch import Watcher
 
 from . import accounts, cache_admin, health, metrics
-from .access_log import AccessLogger
 from .allocator import tune_allocator
 from .auth import Authenticator
 from .config import Config
@@ -39,16 +37,13 @@ from .misc import audit_bulk, ping
 from .packuments import get_packument, get_version
 from .refresh import UpstreamSource
 from .search import search
+from .serving import serve
 from .tarball_proxy import TarballProxy
 from .tarballs import get_tarball
 from .upstream import UpstreamClient
 from .writes import delete_package, delete_tarball, put_package, put_package_rev
 
 log = logging.getLogger("overlaystore.server")
-
-#: Seconds in-flight requests get to finish on shutdown.
-SHUTDOWN_TIMEOUT_S = 30.0
-
 
 def make_app(config: Config) -> web.Application:
     """The registry application for ``config`` (services start with the app)."""
@@ -186,40 +181,6 @@ def describe(config: Config) -> str:
     )
 
 
-#: Pending connections the kernel queues for accept() (aiohttp's default is
-#: 128, which a burst of connections overflows: the excess then waits for SYN
-#: retransmits, seconds). The kernel caps it at net.core.somaxconn.
-LISTEN_BACKLOG = 1024
-
-
-def run_options(config: Config) -> dict[str, Any]:
-    """The ``web.run_app`` settings every serving process shares: address,
-    access log, graceful-shutdown time, and connection limits. The keep-alive
-    timer doubles as the deadline for a request's headers, which is what
-    bounds slow-loris clients (a stalled body is bounded per request, see
-    :func:`server.request_info.read_body`)."""
-    return {
-        "host": config.server.host,
-        "port": config.server.port,
-        "access_log": logging.getLogger("overlaystore.access") if config.server.access_log else None,
-        "access_log_class": AccessLogger,
-        "shutdown_timeout": SHUTDOWN_TIMEOUT_S,
-        "keepalive_timeout": config.server.keepalive_timeout_s,
-        "backlog": LISTEN_BACKLOG,
-    }
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """The serving loop: uvloop where it is installed, which answers about a
-    fifth more small requests a second than asyncio's own loop here
-    (benchmarks/README.md). Without it, the standard loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
-
-
 def run(config: Config) -> None:
     """Serve ``config`` until interrupted (one process; several workers:
     :func:`server.workers.serve_workers`)."""
@@ -229,8 +190,4 @@ def run(config: Config) -> None:
     )
     log.info("%s", describe(config))
     tune_allocator()
-    loop = new_event_loop()
-    try:
-        web.run_app(make_app(config), print=None, loop=loop, **run_options(config))
-    finally:
-        loop.close()
+    serve(make_app(config), config)

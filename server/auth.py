@@ -250,6 +250,18 @@ class Authenticator:
             return await self._password_identity(name, password, remote)
         raise Unauthenticated("unsupported authorization scheme; use a token (npm login)", scheme="Bearer")
 
+    def valid_token(self, authorization: str, *, remote: str | None) -> Identity | None:
+        """The identity a valid ``Bearer`` token proves, found without
+        waiting; None for any other header and for a token that does not
+        hold (:meth:`authenticate` says why, with the right challenge)."""
+        scheme, _, credentials = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        try:
+            return self._token_identity(credentials.strip(), remote)
+        except Unauthenticated:
+            return None
+
     def _token_identity(self, secret: str, remote: str | None) -> Identity:
         digest = secret_hash(secret)
         record = self._current_tokens().by_hash.get(digest)

@@ -37,6 +37,8 @@ READINESS: web.AppKey["Readiness"] = web.AppKey("readiness")
 #: single-process server. Set before start-up, so a cleanup context can run
 #: once-per-server background work (GC) in worker 1 only.
 WORKER: web.AppKey[int] = web.AppKey("worker", int)
+#: Response header naming the worker (1..N) that answered.
+WORKER_HEADER = "X-Overlaystore-Worker"
 
 #: How a request was served from the caches ("hit", "miss", "stale", "published", ...),
 #: for the access log.

@@ -97,8 +97,11 @@ class Metrics:
     # --- the request path
 
     def observe(self, request: web.Request, status: int, seconds: float) -> None:
-        method = request.method
-        key = (_route_of(request), method if method in _METHODS else "OTHER", status)
+        self.record(_route_of(request), request.method, status, seconds, request.get(OUTCOME))
+
+    def record(self, route: str, method: str, status: int, seconds: float, outcome: str | None) -> None:
+        """Count one request to ``route`` (the canonical route, as in the table)."""
+        key = (route, method if method in _METHODS else "OTHER", status)
         children = self._children.get(key)
         if children is None:
             children = self._children[key] = self._make_children(key)
@@ -106,7 +109,6 @@ class Metrics:
         counter.inc()
         histogram.observe(seconds)
         if kind is not None:
-            outcome = request.get(OUTCOME)
             if outcome is not None:
                 child = self._served.get((kind, outcome))
                 if child is None:

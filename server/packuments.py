@@ -29,18 +29,17 @@ def _gzip_etag(etag: str) -> str:
     return etag[:-1] + '-gz"'
 
 
-def _etag_matches(request: web.Request, etag: str) -> bool:
+def is_not_modified(etags: set[str], rendered: Rendered) -> bool:
     # Either encoding's tag proves the client holds this version of the document.
-    return bool(client_etags(request) & {etag, _gzip_etag(etag), "*"})
+    return bool(etags & {rendered.etag, _gzip_etag(rendered.etag), "*"})
 
 
-async def _respond(
-    request: web.Request, rendered: Rendered, variant: Variant, outcome: Outcome
-) -> web.StreamResponse:
-    gzipped = accepts_gzip(request)
-    etag = _gzip_etag(rendered.etag) if gzipped else rendered.etag
+def packument_headers(rendered: Rendered, gzipped: bool, outcome: Outcome) -> dict[str, str]:
+    """The headers of a packument answer but for what describes its body
+    (:func:`body_headers`, not sent with a 304). The aiohttp handler and the
+    hit path (:mod:`server.hit_path`) both send these."""
     headers = {
-        "ETag": etag,
+        "ETag": _gzip_etag(rendered.etag) if gzipped else rendered.etag,
         "Vary": _VARY,
         "Cache-Control": _CACHE_CONTROL,
         "X-Overlaystore-Cache": outcome.value,
@@ -49,16 +48,26 @@ async def _respond(
         headers["Last-Modified"] = rendered.last_modified
     if outcome is Outcome.STALE:
         headers["Warning"] = '110 - "Response is Stale"'
-    request[OUTCOME] = outcome.value
-    if _etag_matches(request, rendered.etag):
-        return web.Response(status=304, headers=headers)
-    content_type = ABBREVIATED_TYPE if variant is Variant.ABBREVIATED else "application/json"
+    return headers
+
+
+def body_headers(headers: dict[str, str], variant: Variant, gzipped: bool) -> None:
+    """Add to ``headers`` what a 200 says of its body."""
     if gzipped:
         headers["Content-Encoding"] = "gzip"
-        body = rendered.gzip
-    else:
-        body = rendered.body
-    headers["Content-Type"] = content_type
+    headers["Content-Type"] = ABBREVIATED_TYPE if variant is Variant.ABBREVIATED else "application/json"
+
+
+async def _respond(
+    request: web.Request, rendered: Rendered, variant: Variant, outcome: Outcome
+) -> web.StreamResponse:
+    gzipped = accepts_gzip(request)
+    headers = packument_headers(rendered, gzipped, outcome)
+    request[OUTCOME] = outcome.value
+    if is_not_modified(client_etags(request), rendered):
+        return web.Response(status=304, headers=headers)
+    body_headers(headers, variant, gzipped)
+    body = rendered.gzip if gzipped else rendered.body
     if request.method == "HEAD":
         headers["Content-Length"] = str(len(body))
         return web.Response(headers=headers)

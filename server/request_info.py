@@ -39,20 +39,20 @@ def public_url(request: web.Request) -> str:
     configured = request.app[CONFIG].server.public_url
     if configured:
         return configured
-    proto = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0].strip()
-    host = request.headers.get("X-Forwarded-Host", request.host).split(",")[0].strip()
-    return f"{proto}://{host}"
-
-
-def wants_abbreviated(request: web.Request) -> bool:
-    """The abbreviated form iff asked for and not a ``?write=true`` read."""
-    if request.query.get("write") == "true":
-        return False
-    return ABBREVIATED_TYPE in request.headers.get("Accept", "")
+    headers = request.headers
+    return base_url(headers.get("X-Forwarded-Proto"), headers.get("X-Forwarded-Host"), request.scheme, request.host)
 
 
 def variant_of(request: web.Request) -> Variant:
-    return Variant.ABBREVIATED if wants_abbreviated(request) else Variant.FULL
+    """The abbreviated form iff asked for and not a ``?write=true`` read."""
+    if request.query.get("write") == "true":
+        return Variant.FULL
+    return variant_for(request.headers.get("Accept", ""))
+
+
+def variant_for(accept: str) -> Variant:
+    """The representation an ``Accept`` header asks for."""
+    return Variant.ABBREVIATED if ABBREVIATED_TYPE in accept else Variant.FULL
 
 
 def accepts_gzip(request: web.Request) -> bool:
@@ -60,12 +60,21 @@ def accepts_gzip(request: web.Request) -> bool:
 
 
 def client_etags(request: web.Request) -> set[str]:
-    """The entity tags of ``If-None-Match``, weak ones as strong (the
+    return etags_of(request.headers.get("If-None-Match"))
+
+
+def etags_of(if_none_match: str | None) -> set[str]:
+    """The entity tags of an ``If-None-Match`` value, weak ones as strong (the
     comparison GET revalidation uses); empty without the header."""
-    header = request.headers.get("If-None-Match")
-    if not header:
+    if not if_none_match:
         return set()
-    return {tag.strip().removeprefix("W/") for tag in header.split(",")}
+    return {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+
+
+def base_url(forwarded_proto: str | None, forwarded_host: str | None, scheme: str, host: str) -> str:
+    """``proto://host`` from the ``X-Forwarded-*`` headers, else the request's own."""
+    proto = (forwarded_proto or scheme).split(",")[0].strip()
+    return f"{proto}://{(forwarded_host or host).split(',')[0].strip()}"
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

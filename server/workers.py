@@ -17,7 +17,7 @@
   Workers are never restarted silently.
 * **Shutdown.** SIGTERM or SIGINT to the parent is forwarded (as SIGTERM) to
   every worker, which stops accepting, lets in-flight requests finish (up to
-  :data:`server.app.SHUTDOWN_TIMEOUT_S`) and exits; the parent exits 0 once
+  :data:`server.serving.SHUTDOWN_TIMEOUT_S`) and exits; the parent exits 0 once
   all have exited cleanly. A worker still running
   :data:`KILL_MARGIN_S` after that is killed (exit status 1). A worker acts on
   the first signal only (a terminal's Ctrl-C reaches every process of the
@@ -50,14 +50,13 @@ from aiohttp import web
 from overlaystore.errors import OverlayStoreError
 
 from .allocator import tune_allocator
-from .app import SHUTDOWN_TIMEOUT_S, describe, make_app, new_event_loop, run_options
+from .app import describe, make_app
 from .config import Config
-from .keys import WORKER
+from .keys import WORKER, WORKER_HEADER
+from .serving import SHUTDOWN_TIMEOUT_S, new_event_loop, serve
 
 log = logging.getLogger("overlaystore.server")
 
-#: Response header naming the worker (1..N) that answered.
-WORKER_HEADER = "X-Overlaystore-Worker"
 #: Extra seconds a worker gets beyond the graceful shutdown timeout before it is killed.
 KILL_MARGIN_S = 10.0
 #: How often a worker checks that its parent is still there.
@@ -113,7 +112,7 @@ class _Stopper:
             return
         self._stopping = True
         log.debug("%s: shutting down", why)
-        raise web.GracefulExit()  # out of run_until_complete: run_app shuts down gracefully
+        raise web.GracefulExit()  # out of run_until_complete: serve shuts down gracefully
 
     def _check_parent(self) -> None:
         if os.getppid() != self._parent:
@@ -138,7 +137,7 @@ def _worker_main(config: Config, index: int, ready: Connection) -> None:
     app[WORKER] = index
     app.on_response_prepare.append(_name_worker)
 
-    def listening(*_: object) -> None:  # run_app's "Running on ..." hook: every socket is bound
+    def listening() -> None:
         try:
             ready.send(os.getpid())
             ready.close()
@@ -146,19 +145,10 @@ def _worker_main(config: Config, index: int, ready: Connection) -> None:
             pass
 
     try:
-        web.run_app(
-            app,
-            reuse_port=True,
-            handle_signals=False,
-            loop=loop,
-            print=listening,
-            **run_options(config),
-        )
+        serve(app, config, loop=loop, reuse_port=True, handle_signals=False, on_listening=listening)
     except OSError as exc:
         log.error("cannot serve on %s:%d: %s", config.server.host, config.server.port, exc.strerror or exc)
         raise SystemExit(1) from None
-    finally:
-        loop.close()
 
 
 # ------------------------------------------------------------------ the parent

@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp import TCPConnector
+from aiohttp.test_utils import TestClient
 
 from server.access_log import AccessLogger
 from server.app import make_app
+from tests.helpers.hit_path_server import HitPathTestServer
 from server.config import Config
 from tests.npmdata import publish_body
 from tests.reliability.harness import RECORD_ENV, SuiteRun, write_results
@@ -154,7 +156,7 @@ async def make_actors(reg: Registry, *, publish: tuple[str, ...] = ("foo",)) -> 
 async def registry_with(aiohttp_client: Any, tmp_path: Path):  # type: ignore[no-untyped-def]
     """Like ``registry_factory``, but ``auth={...}`` changes single AuthConfig
     fields and ``access_log=True`` serves with the server's AccessLogger on
-    the ``overlaystore.access`` logger (as ``server.app.run`` does)."""
+    the ``overlaystore.access`` logger (as ``server.serving.serve`` does)."""
     count = 0
 
     async def factory(upstream_url: str | None = None, *, auth: dict[str, Any] | None = None,
@@ -164,14 +166,13 @@ async def registry_with(aiohttp_client: Any, tmp_path: Path):  # type: ignore[no
         config = make_config(tmp_path / f"s{count}", upstream_url, **sections)
         if auth:
             config = replace(config, auth=replace(config.auth, **auth))
-        app = make_app(config)
+        config = replace(config, server=replace(config.server, access_log=access_log))
+        server = HitPathTestServer(make_app(config))
         if access_log:
-            server = TestServer(app)
             await server.start_server(access_log_class=AccessLogger,
                                       access_log=logging.getLogger("overlaystore.access"))
-            client = await aiohttp_client(server)
-        else:
-            client = await aiohttp_client(app)
+        # A connection per request, so that hits are the hit path's (see tests/server/conftest.py).
+        client = await aiohttp_client(server, connector=TCPConnector(force_close=True))
         return Registry(client, config)
 
     return factory

@@ -11,7 +11,7 @@ answered promptly. After the configured bounds, every hostile connection
 must have been closed by the server (a stalled body answered 408 first) and
 the server's open descriptors must be back where they started.
 
-The limits (README, Configuration; ``server.app.run_options``):
+The limits (README, Configuration; ``server.serving.run_options``):
 
 * ``keepalive_timeout`` (default 75 s): an idle keep-alive connection is
   closed after it, and it is also all a client gets to send a request's
@@ -250,7 +250,7 @@ async def test_many_slow_clients_slow(tmp_path: Path, security_results: Results)
     server = ServerProcess(tmp_path / "srv", None, config=FAST_LIMITS.replace('"2s"', '"5s"'))
     server.start()
     try:
-        # 1000 connects at once: within the listen backlog (server.app.LISTEN_BACKLOG);
+        # 1000 connects at once: within the listen backlog (server.serving.LISTEN_BACKLOG);
         # beyond it the kernel drops handshakes and clients wait for SYN retries.
         figures = await _siege(server, slow=450, idle=450, bodies=100, hold=4.0, bound=5.0, normal=200,
                                wait_for_lingering=True)
@@ -287,7 +287,7 @@ async def test_the_default_limits_cut_a_slowloris(tmp_path: Path, security_resul
 
 
 def test_the_limits_are_configurable_and_reach_aiohttp(tmp_path: Path) -> None:
-    from server.app import run_options
+    from server.serving import run_options
     from server.config_file import ConfigError, load_config
 
     default = load_config(None, env={}, overrides={}, discover_upstream=False)

@@ -1,5 +1,6 @@
 """Fixtures for handler tests: a registry app on tmp storage, wired to the
-fake upstream, driven through aiohttp's test client."""
+fake upstream, served as the real server serves it (hit path first) and
+driven through aiohttp's test client."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import TCPConnector
 from aiohttp.test_utils import TestClient
 
 from overlaystore.policy import NamePolicy
 from server import refresh
 from server.app import make_app
 from server.config import AuthConfig, Config, ServerConfig, StorageConfig, UpstreamConfig, WatchConfig
+from tests.helpers.hit_path_server import HitPathTestServer
 
 
 def make_config(tmp_path: Path, upstream_url: str | None, **sections: Any) -> Config:
@@ -73,7 +76,11 @@ async def registry_factory(aiohttp_client: Any, tmp_path: Path) -> RegistryFacto
         nonlocal count
         count += 1
         config = make_config(tmp_path / f"r{count}", upstream_url, **sections)
-        client = await aiohttp_client(make_app(config))
+        # A connection per request: each GET of a cached packument is then
+        # answered by the hit path (a connection stays with aiohttp after
+        # its first other request).
+        client = await aiohttp_client(HitPathTestServer(make_app(config)),
+                                      connector=TCPConnector(force_close=True))
         return Registry(client, config)
 
     return factory
