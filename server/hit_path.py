@@ -2,19 +2,20 @@
 
 aiohttp's web layer costs about 100 us a request here (a request object,
 routing over some forty routes, two middlewares, a response object). A
-packument already rendered in the LRU needs none of it, and small packuments
-are most of what installs ask for. Serving those hits straight from the
+packument already rendered in the LRU, or a tarball held there, needs none
+of it, and such small documents are most of what installs ask for. Serving those hits straight from the
 connection's protocol takes the packument mix from about 0.2x to about 0.6x
 of nginx's rate (benchmarks/README.md).
 
 Every connection starts on :class:`HitPathProtocol`. Each complete request
 head is parsed (httptools). :class:`HitPath` answers a GET or HEAD of a
-packument, by any of its route's spellings, when the LRU holds it and the
+packument or a tarball, by any of their routes' spellings, when the LRU holds it and the
 requester may read it anonymously or with a valid token, provided the request
 has no body and no query string and is HTTP/1.1.
-It sends the headers and bytes the aiohttp handler sends
-(:func:`server.packuments.packument_headers`), and counts and logs the
-request the same way.
+It sends the headers and bytes the aiohttp handlers send
+(:func:`server.packuments.packument_headers`,
+:func:`server.tarballs.memory_headers`), and counts and logs the request
+the same way.
 
 Anything else (a miss, another route, a body, a password login, a head the
 parser rejects) hands the connection, with every byte not yet answered, to
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from urllib.parse import unquote
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -38,12 +40,13 @@ from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.tcp_helpers import tcp_keepalive
 
-from overlaystore.render import Variant
+from overlaystore.view import TARBALL
 
 from .access_log import log_request
 from .documents import Outcome
 from .keys import AUTH, CONFIG, METRICS, POLICY, VIEW, WORKER, WORKER_HEADER
 from .packuments import body_headers, is_not_modified, packument_headers
+from .tarballs import MEMORY, memory_headers
 from .request_info import base_url, etags_of, variant_for
 
 #: Bytes of an unfinished request head the hit path holds before it leaves
@@ -56,32 +59,40 @@ SLICE_BYTES = 1024 * 1024
 
 _NAME_ROUTE = "/{name}"
 _SCOPED_ROUTE = "/@{scope}/{pkg}"
+_TARBALL_SUFFIX = "/-/{filename}"
+_NOT_MODIFIED = "HTTP/1.1 304 Not Modified\r\n"
+_OK = "HTTP/1.1 200 OK\r\n"
 
 
-def packument_target(target: bytes) -> tuple[str, str] | None:
-    """(package name, canonical route) of a request target that is a
-    packument GET (``/name``, ``/@scope%2fname``, ``/@scope%2Fname``,
-    ``/@scope/name``); None for anything else, a query string included.
-    The name is not validated: only names that were served are in the LRU."""
+def parse_target(target: bytes) -> tuple[str, str | None, str] | None:
+    """(package name, tarball filename or None, canonical route) of a
+    request target for a packument (``/name``, ``/@scope%2fname``,
+    ``/@scope%2Fname``, ``/@scope/name``) or a tarball (any of those plus
+    ``/-/<file>.tgz``); None for anything else, a query string included.
+    Nothing is validated further: only what was served is in the LRU."""
     if not target.startswith(b"/") or b"?" in target or b"#" in target:
         return None
     try:
         rest = target[1:].decode("ascii")
     except UnicodeDecodeError:
         return None
+    rest, tarball, filename = rest.partition("/-/")
+    if tarball and ("/" in filename or "%" in filename or filename.startswith(".") or not filename.endswith(".tgz")):
+        return None
+    suffix = _TARBALL_SUFFIX if tarball else ""
     if not rest.startswith("@"):
         if not rest or "/" in rest or "%" in rest:
             return None
-        return rest, _NAME_ROUTE
+        return rest, filename or None, _NAME_ROUTE + suffix
     if "/" in rest:
         scope, _, base = rest.partition("/")
         if not base or "/" in base or "%" in rest:
             return None
-        return rest, _SCOPED_ROUTE
+        return rest, filename or None, _SCOPED_ROUTE + suffix
     scope, sep, base = rest.replace("%2F", "%2f").partition("%2f")
     if not sep or not base or "%" in scope or "%" in base:
         return None
-    return f"{scope}/{base}", _NAME_ROUTE
+    return f"{scope}/{base}", filename or None, _NAME_ROUTE + suffix
 
 
 class HitPath:
@@ -102,54 +113,47 @@ class HitPath:
     def answer(
         self, method: bytes, target: bytes, headers: dict[bytes, bytes], remote: str | None, *, close: bool = False
     ) -> tuple[bytes, bytes] | None:
-        """The response head and body to a packument GET or HEAD that the LRU
-        holds and the requester may read; None to leave the request to aiohttp.
-        ``close``: the client asked to close the connection after this one."""
+        """The response head and body to a GET or HEAD of a packument or a
+        tarball that the LRU holds and the requester may read; None to leave
+        the request to aiohttp. ``close``: the client asked to close the
+        connection after this one."""
         started = time.perf_counter()
         if method != b"GET" and method != b"HEAD":
             return None
-        found = packument_target(target)
+        found = parse_target(target)
         if found is None:
             return None
-        name, route = found
-        public_url = self._public_url
-        if not public_url:
-            host = headers.get(b"host")
-            if not host:
+        name, filename, route = found
+        if filename is None:
+            public_url = self._public_url or self._base_url(headers)
+            if public_url is None:
                 return None
-            forwarded_proto = headers.get(b"x-forwarded-proto")
-            forwarded_host = headers.get(b"x-forwarded-host")
-            public_url = base_url(
-                forwarded_proto.decode("latin-1") if forwarded_proto else None,
-                forwarded_host.decode("latin-1") if forwarded_host else None,
-                "http",
-                host.decode("latin-1"),
-            )
-        variant = variant_for(headers.get(b"accept", b"").decode("latin-1"))
-        rendered = self._view.get(name, variant, public_url, count_miss=False)
-        if rendered is None:
-            return None
-        authorization = headers.get(b"authorization")
-        who = None
-        if authorization is not None:
-            who = self._auth.valid_token(authorization.decode("latin-1"), remote=remote)
-            if who is None:
-                return None
-        if not self._auth.can_access(who, self._policy.rule_for(name).access):
-            return None
-        gzipped = b"gzip" in headers.get(b"accept-encoding", b"")
-        fields = packument_headers(rendered, gzipped, Outcome.HIT)
-        if_none_match = headers.get(b"if-none-match")
-        body = b""
-        if if_none_match is not None and is_not_modified(etags_of(if_none_match.decode("latin-1")), rendered):
-            status_line = "HTTP/1.1 304 Not Modified\r\n"
-            status = 304
+            variant = variant_for(headers.get(b"accept", b"").decode("latin-1"))
+            held = self._view.get(name, variant, public_url, count_miss=False)
         else:
-            body = rendered.gzip if gzipped else rendered.body
-            body_headers(fields, variant, gzipped)
+            held = self._view.get(name, TARBALL, filename, count_miss=False)
+        if held is None or not self._may_read(name, headers.get(b"authorization"), remote):
+            return None
+        if_none_match = headers.get(b"if-none-match")
+        etags = etags_of(if_none_match.decode("latin-1")) if if_none_match is not None else set()
+        if filename is None:
+            gzipped = b"gzip" in headers.get(b"accept-encoding", b"")
+            fields = packument_headers(held, gzipped, Outcome.HIT)
+            fresh = is_not_modified(etags, held)
+            if not fresh:
+                body_headers(fields, variant, gzipped)
+            body = held.gzip if gzipped else held.body
+            outcome = Outcome.HIT.value
+        else:
+            fields = memory_headers(held)
+            fresh = held.etag in etags
+            body = held.body
+            outcome = MEMORY
+        if fresh:
+            status, status_line, body = 304, _NOT_MODIFIED, b""
+        else:
+            status, status_line = 200, _OK
             fields["Content-Length"] = str(len(body))
-            status_line = "HTTP/1.1 200 OK\r\n"
-            status = 200
             if method == b"HEAD":
                 body = b""
         head = "".join([
@@ -161,11 +165,34 @@ class HitPath:
         ]).encode("latin-1")
         method_name = method.decode("ascii")
         seconds = time.perf_counter() - started
-        self._metrics.record(route, method_name, status, seconds, Outcome.HIT.value)
+        self._metrics.record(route, method_name, status, seconds, outcome)
         if self._access_log is not None:
-            path = "/" + name if route == _NAME_ROUTE else target.decode("ascii")
-            log_request(self._access_log, method_name, path, status, len(body), seconds, Outcome.HIT.value)
+            log_request(self._access_log, method_name, unquote(target.decode("ascii")), status, len(body), seconds,
+                        outcome)
         return head, body
+
+    def _base_url(self, headers: dict[bytes, bytes]) -> str | None:
+        host = headers.get(b"host")
+        if not host:
+            return None
+        forwarded_proto = headers.get(b"x-forwarded-proto")
+        forwarded_host = headers.get(b"x-forwarded-host")
+        return base_url(
+            forwarded_proto.decode("latin-1") if forwarded_proto else None,
+            forwarded_host.decode("latin-1") if forwarded_host else None,
+            "http",
+            host.decode("latin-1"),
+        )
+
+    def _may_read(self, name: str, authorization: bytes | None, remote: str | None) -> bool:
+        """Whether the rules let the requester read ``name`` (None: only a
+        valid token is checked here; aiohttp answers anything else)."""
+        who = None
+        if authorization is not None:
+            who = self._auth.valid_token(authorization.decode("latin-1"), remote=remote)
+            if who is None:
+                return False
+        return self._auth.can_access(who, self._policy.rule_for(name).access)
 
 
 class HitPathProtocol(asyncio.Protocol):
@@ -281,8 +308,9 @@ class HitPathProtocol(asyncio.Protocol):
                 self._outgoing = memoryview(body)
                 self._write_outgoing()
             if self._closing:
-                transport.close()  # once what is written has gone out
-                return
+                if self._outgoing is None:
+                    transport.close()  # once what is written has gone out
+                return  # else after the last slice (_write_outgoing)
             start = end + 4
         if start:
             self._last_active = self._loop.time()
@@ -295,6 +323,8 @@ class HitPathProtocol(asyncio.Protocol):
             chunk, rest = self._outgoing[:SLICE_BYTES], self._outgoing[SLICE_BYTES:]
             self._outgoing = rest if rest else None
             self._transport.write(chunk)
+        if self._outgoing is None and self._closing:
+            self._transport.close()
 
     def _answer(self, head: bytes) -> tuple[bytes, bytes] | None:
         self._url = b""

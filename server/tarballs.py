@@ -30,6 +30,10 @@ from .request_info import client_etags, package_name
 from .tarball_proxy import TARBALL_HEADERS, serve_ref
 
 
+#: How a tarball held in the view was served (metrics, access log).
+MEMORY = "memory"
+
+
 def _filename(request: web.Request) -> str:
     filename = request.match_info["filename"]
     if "/" in filename or "\\" in filename or filename.startswith(".") or not filename.endswith(".tgz"):
@@ -42,8 +46,14 @@ def _held(data: bytes) -> Rendered:
     return Rendered(body=data, gzip=b"", etag=etag, last_modified=None, size=len(data))
 
 
+def memory_headers(held: Rendered) -> dict[str, str]:
+    """The headers of a tarball answered from memory, but for its length
+    (the aiohttp handler and the hit path, :mod:`server.hit_path`)."""
+    return {**TARBALL_HEADERS, "ETag": held.etag}
+
+
 async def _from_memory(request: web.Request, held: Rendered) -> web.StreamResponse:
-    headers = {**TARBALL_HEADERS, "ETag": held.etag}
+    headers = memory_headers(held)
     if held.etag in client_etags(request):
         return web.Response(status=304, headers=headers)
     if request.method == "HEAD":
@@ -68,7 +78,7 @@ async def get_tarball(request: web.Request) -> web.StreamResponse:
     view = request.app[VIEW]
     held = view.get(name, TARBALL, filename)
     if held is not None:
-        request[OUTCOME] = "memory"
+        request[OUTCOME] = MEMORY
         return await _from_memory(request, held)
     # Taken before the store is read: an invalidation meanwhile refuses the put.
     generation = view.generation(name)

@@ -28,11 +28,12 @@ from aiohttp.test_utils import TestClient
 
 from server.access_log import AccessLogger
 from server.app import make_app
-from tests.helpers.hit_path_server import HitPathTestServer
 from server.config import Config
+from tests.helpers.hit_path_server import HitPathTestServer
 from tests.npmdata import publish_body
 from tests.reliability.harness import RECORD_ENV, SuiteRun, write_results
 from tests.server.conftest import Registry, make_config
+from tests.server.conftest import pytest_asyncio_loop_factories  # noqa: F401 - the serving loop here too
 
 from .helpers import Tally
 

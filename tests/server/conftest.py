@@ -18,8 +18,15 @@ from aiohttp.test_utils import TestClient
 from overlaystore.policy import NamePolicy
 from server import refresh
 from server.app import make_app
+from server.serving import new_event_loop
 from server.config import AuthConfig, Config, ServerConfig, StorageConfig, UpstreamConfig, WatchConfig
 from tests.helpers.hit_path_server import HitPathTestServer
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """The serving loop (server.serving.new_event_loop: uvloop), so that the
+    handlers and the hit path run on the transports they meet in production."""
+    return {"uvloop": new_event_loop}
 
 
 def make_config(tmp_path: Path, upstream_url: str | None, **sections: Any) -> Config:

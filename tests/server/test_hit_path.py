@@ -4,6 +4,7 @@ as aiohttp's handler answers them; everything else left to aiohttp, in order."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 
 import server.hit_path as hit_path_module
 from overlaystore.policy import NamePolicy, PackageRule
-from server.hit_path import HitPath, packument_target
+from server.hit_path import HitPath, parse_target
 from server.config import ServerConfig
 from server.keys import VIEW
 from tests.helpers.hit_path_server import HitPathTestServer
@@ -26,13 +27,20 @@ ABBREVIATED = "application/vnd.npm.install-v1+json"
 @pytest.mark.parametrize(
     ("target", "expected"),
     [
-        (b"/express", ("express", "/{name}")),
-        (b"/@types%2fnode", ("@types/node", "/{name}")),
-        (b"/@types%2Fnode", ("@types/node", "/{name}")),
-        (b"/@types/node", ("@types/node", "/@{scope}/{pkg}")),
+        (b"/express", ("express", None, "/{name}")),
+        (b"/@types%2fnode", ("@types/node", None, "/{name}")),
+        (b"/@types%2Fnode", ("@types/node", None, "/{name}")),
+        (b"/@types/node", ("@types/node", None, "/@{scope}/{pkg}")),
+        (b"/express/-/express-4.0.0.tgz", ("express", "express-4.0.0.tgz", "/{name}/-/{filename}")),
+        (b"/@types%2fnode/-/node-1.0.0.tgz", ("@types/node", "node-1.0.0.tgz", "/{name}/-/{filename}")),
+        (b"/@types/node/-/node-1.0.0.tgz", ("@types/node", "node-1.0.0.tgz", "/@{scope}/{pkg}/-/{filename}")),
         (b"/express?write=true", None),
         (b"/express/4.0.0", None),
-        (b"/express/-/express-4.0.0.tgz", None),
+        (b"/express/-/express-4.0.0.tar", None),
+        (b"/express/-/.tgz", None),
+        (b"/express/-/a/b.tgz", None),
+        (b"/express/-/a%2fb.tgz", None),
+        (b"/express/-/express-4.0.0.tgz/-rev/1", None),
         (b"/@types/node/1.0.0", None),
         (b"/@types%2fnode%2fx", None),
         (b"/@types%2f", None),
@@ -44,8 +52,8 @@ ABBREVIATED = "application/vnd.npm.install-v1+json"
         (b"/caf\xc3\xa9", None),
     ],
 )
-def test_packument_target(target: bytes, expected: tuple[str, str] | None) -> None:
-    assert packument_target(target) == expected
+def test_parse_target(target: bytes, expected: tuple[str, str | None, str] | None) -> None:
+    assert parse_target(target) == expected
 
 
 class Answers:
@@ -77,8 +85,9 @@ def answers(monkeypatch: pytest.MonkeyPatch) -> Answers:
 
 async def publish(registry: Registry, name: str, manifest: dict[str, Any] | None = None) -> None:
     path = "/" + name.replace("/", "%2f")
-    body = publish_body(name, "1.0.0", manifest=manifest)
-    resp = await registry.client.put(path, json=body, headers=registry.auth("alice"))
+    body = json.dumps(publish_body(name, "1.0.0", manifest=manifest)).encode()
+    headers = {**registry.auth("alice"), "Content-Type": "application/json"}
+    resp = await registry.client.put(path, data=io.BytesIO(body), headers=headers)
     assert resp.status == 201, await resp.text()
 
 
@@ -153,6 +162,28 @@ async def test_a_hit_is_answered_as_aiohttp_answers_it(
         assert len(fast.body) == int(fast.headers["content-length"]) > 0
     else:
         assert fast.body == b"" and int(fast.headers["content-length"]) > 0
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("spelling", ["/@acme%2fwidget", "/@acme%2Fwidget", "/@acme/widget"])
+async def test_a_tarball_held_in_memory_is_answered_as_aiohttp_answers_it(
+    registry: Registry, answers: Answers, method: str, spelling: str
+) -> None:
+    await publish(registry, "@acme/widget")
+    target = spelling + "/-/widget-1.0.0.tgz"
+    (first,) = await exchange(registry, request(target))  # read from the store, then held
+    assert first.status == 200 and answers.answered == 0
+    (fast,) = await exchange(registry, request(target, method=method), method=method)
+    (slow,) = await exchange(registry, request(target + "?via=aiohttp", method=method), method=method)
+    assert answers.answered == 1
+    assert fast.status == slow.status == 200
+    assert fast.body == slow.body == (first.body if method == "GET" else b"")
+    fast.headers.pop("date"), slow.headers.pop("date")
+    assert fast.headers == slow.headers
+    (fresh,) = await exchange(registry, request(target, headers={"If-None-Match": fast.headers["etag"]}))
+    (stale,) = await exchange(registry, request(target, headers={"If-None-Match": '"other"'}))
+    assert (fresh.status, stale.status) == (304, 200)
+    assert answers.answered == 3
 
 
 @pytest.mark.parametrize("gzipped", [False, True])
@@ -245,6 +276,24 @@ async def test_a_large_body_goes_out_in_slices(
     (slow,) = await exchange(registry, request("/widget?via=aiohttp"))
     assert answers.answered == 1
     assert len(fast.body) > 500 and fast.body == slow.body
+
+
+async def test_a_large_body_is_sent_whole_before_a_requested_close(
+    registry: Registry, answers: Answers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hit_path_module, "SLICE_BYTES", 4096)
+    await cached(registry, "widget", manifest={"description": "x" * 8_000_000})
+    answers.reset()
+    reader, writer = await asyncio.open_connection(registry.client.host, registry.client.port)
+    try:
+        writer.write(request("/widget", headers={"Connection": "close"}))
+        response = await read_response(reader)
+        assert await reader.read() == b""  # then closed
+    finally:
+        writer.close()
+    assert answers.answered == 1
+    assert response.status == 200 and len(response.body) > 8_000_000
+    assert json.loads(response.body)["name"] == "widget"
 
 
 async def test_a_client_that_does_not_read_is_not_buffered_without_bound(
