@@ -71,14 +71,19 @@ class HitPathSite(web.BaseSite):
 
     @property
     def name(self) -> str:
-        return f"http://{self._host}:{self.port}"
+        host, port = self._address()
+        return f"http://{host}:{port}"
 
     @property
     def port(self) -> int:
         """The bound port (the one asked for until started)."""
+        return self._address()[1]
+
+    def _address(self) -> tuple[str | None, int]:
         if self._server is not None and self._server.sockets:
-            return int(self._server.sockets[0].getsockname()[1])
-        return self._port
+            host, port = self._server.sockets[0].getsockname()[:2]
+            return str(host), int(port)
+        return self._host, self._port
 
     async def start(self) -> None:
         await super().start()

@@ -329,6 +329,8 @@ async def test_other_requests_go_to_aiohttp(registry: Registry, answers: Answers
     assert post.status == 405
     (manifest,) = await exchange(registry, request("/widget/1.0.0"))
     assert manifest.status == 200
+    (upgrade,) = await exchange(registry, request("/widget", headers={"Connection": "Upgrade", "Upgrade": "h2c"}))
+    assert upgrade.status == 200
     assert answers.answered == 0
 
 
