@@ -69,6 +69,10 @@ def _headers_for(exc: lib.OverlayStoreError) -> dict[str, str] | None:
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+#: Status recorded for a request whose client went away before its answer
+#: was written (nginx's convention; never sent).
+CLIENT_CLOSED = 499
+
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -89,7 +93,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             # The rest of that body is not worth waiting for (or reading).
             response.force_close()
         return response
-    except Exception:
+    except Exception as exc:
+        transport = request.transport
+        if isinstance(exc, ConnectionError) and (transport is None or transport.is_closing()):
+            # The client went away while its answer was being written: nothing
+            # failed here, and nothing can be sent; the status is only what
+            # the metrics and the access log record.
+            log.debug("%s %s: the client closed the connection", request.method, redact(request.path))
+            return web.Response(status=CLIENT_CLOSED)
         log.exception("%s %s: unexpected error", request.method, redact(request.path))
         return error_response(500, "internal server error")
 

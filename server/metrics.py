@@ -39,7 +39,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
-from .http_errors import Handler
+from .http_errors import CLIENT_CLOSED, Handler
 from .keys import METRICS, OUTCOME, STORE, UPSTREAM, VIEW
 
 if TYPE_CHECKING:
@@ -49,8 +49,6 @@ _METHODS = frozenset({"GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"
 _PACKUMENT_ROUTES = frozenset({"/{name}", "/@{scope}/{pkg}"})
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _GC_BUCKETS = (0.01, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0)
-#: Status label of a request whose client went away before the response.
-CLIENT_CLOSED = 499
 
 
 class Metrics:

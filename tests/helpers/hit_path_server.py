@@ -21,7 +21,8 @@ class HitPathTestServer(TestServer):
         if self.runner:
             return
         self._loop = loop
-        self.runner = await self._make_runner(handler_cancellation=True, **kwargs)
+        # Handlers run on when their client goes away, as in server.serving.serve.
+        self.runner = await self._make_runner(**kwargs)
         await self.runner.setup()
         sock = self.socket_factory(self.host, self.port or 0, socket.AF_INET)
         self.host, self.port = sock.getsockname()[:2]
