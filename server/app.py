@@ -45,6 +45,7 @@ from .writes import delete_package, delete_tarball, put_package, put_package_rev
 
 log = logging.getLogger("overlaystore.server")
 
+
 def make_app(config: Config) -> web.Application:
     """The registry application for ``config`` (services start with the app)."""
     app = web.Application(

@@ -272,15 +272,21 @@ class HitPathProtocol(asyncio.Protocol):
         self._paused = False
         self._transport.resume_reading()
         self._write_outgoing()
-        if self._buffer and self._outgoing is None:
+        if self._buffer and self._outgoing is None and not self._transport.is_closing():
             data, self._buffer = self._buffer, b""
             self._serve(data)
 
     def close(self) -> None:
-        """Close the connection once what is written has gone out (shutdown:
-        nothing is in flight here, answers are written whole)."""
-        if self._transport is not None:
+        """Close the connection once the answer being sent, if any, is out
+        (shutdown); no further request is read."""
+        self._closing = True
+        if self._transport is not None and self._outgoing is None:
             self._transport.close()
+
+    def abort(self) -> None:
+        """Close the connection now, whatever is still to be sent."""
+        if self._transport is not None:
+            self._transport.abort()
 
     # --- the work
 

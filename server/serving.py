@@ -100,9 +100,17 @@ class HitPathSite(web.BaseSite):
 
     async def stop(self) -> None:
         await super().stop()
-        # Their answers are written whole: nothing is in flight on them.
         for connection in list(self._connections):
             connection.close()
+        # One still sending a large body closes after its last slice; each
+        # leaves the set as it closes. A client that stopped reading is cut off.
+        try:
+            async with asyncio.timeout(SHUTDOWN_TIMEOUT_S):
+                while self._connections:
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            for connection in list(self._connections):
+                connection.abort()
 
 
 async def _serve(app: web.Application, config: Config, reuse_port: bool, handle_signals: bool,

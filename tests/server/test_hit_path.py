@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import server.hit_path as hit_path_module
+import server.serving as serving
 from overlaystore.policy import NamePolicy, PackageRule
 from server.hit_path import HitPath, parse_target
 from server.config import ServerConfig
@@ -380,6 +381,44 @@ async def test_stopping_the_site_closes_hit_path_connections(registry: Registry)
         assert isinstance(server, HitPathTestServer) and server.site is not None
         await server.site.stop()
         assert await asyncio.wait_for(reader.read(), 5) == b""
+    finally:
+        writer.close()
+
+
+async def test_stopping_lets_a_body_being_sent_finish(
+    registry: Registry, answers: Answers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hit_path_module, "SLICE_BYTES", 4096)
+    await cached(registry, "widget", manifest={"description": "x" * 8_000_000})
+    reader, writer = await asyncio.open_connection(registry.client.host, registry.client.port)
+    try:
+        writer.write(request("/widget"))
+        head = await reader.readuntil(b"\r\n\r\n")  # the body is on its way
+        server = registry.client.server
+        assert isinstance(server, HitPathTestServer) and server.site is not None
+        stopping = asyncio.create_task(server.site.stop())
+        rest = await reader.read()  # all of it, then closed
+        await asyncio.wait_for(stopping, 5)
+    finally:
+        writer.close()
+    length = int(head.decode().lower().split("content-length: ")[1].split("\r\n")[0])
+    assert len(rest) == length and json.loads(rest)["name"] == "widget"
+
+
+async def test_stopping_cuts_off_a_client_that_stopped_reading(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hit_path_module, "SLICE_BYTES", 4096)
+    monkeypatch.setattr(serving, "SHUTDOWN_TIMEOUT_S", 0.3)
+    await cached(registry, "widget", manifest={"description": "x" * 8_000_000})
+    reader, writer = await asyncio.open_connection(registry.client.host, registry.client.port)
+    try:
+        writer.write(request("/widget"))
+        await reader.readuntil(b"\r\n\r\n")
+        server = registry.client.server
+        assert isinstance(server, HitPathTestServer) and server.site is not None
+        await asyncio.wait_for(server.site.stop(), 5)  # not waiting for the reader
+        assert server.site._connections == set()
     finally:
         writer.close()
 
