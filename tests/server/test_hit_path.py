@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -14,8 +15,8 @@ import pytest
 import server.hit_path as hit_path_module
 import server.serving as serving
 from overlaystore.policy import NamePolicy, PackageRule
-from server.hit_path import HitPath, parse_target
 from server.config import ServerConfig
+from server.hit_path import HitPath, parse_target
 from server.keys import VIEW
 from tests.helpers.hit_path_server import HitPathTestServer
 from tests.npmdata import publish_body
@@ -100,11 +101,11 @@ async def cached(registry: Registry, name: str, manifest: dict[str, Any] | None 
         assert resp.status == 200
 
 
+@dataclass
 class Response:
-    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
+    status: int
+    headers: dict[str, str]  # lower-case names
+    body: bytes
 
 
 async def read_response(reader: asyncio.StreamReader, method: str = "GET") -> Response:
