@@ -250,8 +250,8 @@ class _Child:
         return True
 
     async def close(self) -> int:
-        """End the child (EOF on its stdin, then SIGTERM, then SIGKILL), reap
-        it and return its exit status; idempotent."""
+        """End the child (EOF on its stdin, then SIGTERM, which it ignores,
+        then SIGKILL), reap it and return its exit status; idempotent."""
         proc = self._proc
         try:
             if proc.stdin is not None:

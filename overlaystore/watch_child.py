@@ -14,8 +14,11 @@ Protocol, one JSON line per message on stdout, flushed:
 * ``{"error": "…"}`` last, if the watch failed (exit status 1).
 
 The child ends when its stdin reaches EOF, so a parent that dies, however it
-dies, never leaves it behind. SIGINT is ignored: a terminal's Ctrl-C reaches
-the whole process group, and it is the parent that decides when to stop.
+dies, never leaves it behind. SIGINT and SIGTERM are ignored: a terminal's
+Ctrl-C, and a service manager's stop (systemd signals the whole control
+group), reach the child as well as the server, and it is the parent that
+decides when to stop. Otherwise the child would die first, and the server
+would log a failed watch and restart it while shutting down.
 
 Run as a script (``python -P …/watch_child.py``), it imports nothing of
 overlaystore, whose import alone would double its memory and start-up time.
@@ -65,7 +68,8 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments(argv)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, signal.SIG_IGN)
     stop = threading.Event()
     threading.Thread(target=_stop_at_eof, args=(stop,), name="stdin", daemon=True).start()
     out = sys.stdout.buffer

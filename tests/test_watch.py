@@ -311,3 +311,23 @@ def test_child_protocol_and_exit_at_eof(tmp_path: Path) -> None:
             assert child.wait(timeout=TIMEOUT) == 0
         finally:
             child.kill()
+
+
+def test_child_ignores_the_stop_signals_of_its_process_group(tmp_path: Path) -> None:
+    """A service manager's SIGTERM (or Ctrl-C's SIGINT) reaches the whole
+    group: the child stays until its parent closes its stdin."""
+    with run_child(tmp_path) as child:
+        assert child.stdin is not None and child.stdout is not None
+        try:
+            assert json.loads(child.stdout.readline()) == []  # ready
+            child.send_signal(signal.SIGTERM)
+            child.send_signal(signal.SIGINT)
+            write_atomic(tmp_path / "foo" / "packument.json")
+            changes: list[tuple[int, str]] = []
+            while not changes:
+                changes = json.loads(child.stdout.readline())
+            assert child.poll() is None
+            child.stdin.close()
+            assert child.wait(timeout=TIMEOUT) == 0
+        finally:
+            child.kill()
