@@ -46,8 +46,8 @@ Invariants:
   the first watch of each root also begins with ``on_reset()``, since the
   view may have been filled from it before the watch existed.
 * :meth:`stop` ends every task (via a stop event, not cancellation: each
-  child gets EOF on its stdin and exits, and is terminated if it does not
-  within :data:`_CHILD_GRACE_S`) and leaves nothing running, no process
+  child gets EOF on its stdin and exits, and is killed if it does not
+  within :data:`_CHILD_GRACE_S`: it ignores SIGTERM) and leaves nothing running, no process
   either. A child whose parent dies sees EOF too and exits.
 """
 
@@ -83,7 +83,7 @@ _MAX_BACKOFF_S = 1.0
 #: The polling backend's mtime resolution is one second (plus a margin).
 POLL_MTIME_GRANULARITY_S = 1.1
 #: How long a child may take to exit after EOF on its stdin before it is
-#: terminated: it only looks between two ``step_ms`` sleeps, or, while it is
+#: killed: it only looks between two ``step_ms`` sleeps, or, while it is
 #: still setting up its watch, not at all.
 _CHILD_GRACE_S = 0.5
 #: Longest line (one batch) read from a child. A longer one, from a burst of
@@ -250,16 +250,14 @@ class _Child:
         return True
 
     async def close(self) -> int:
-        """End the child (EOF on its stdin, then SIGTERM, which it ignores,
-        then SIGKILL), reap it and return its exit status; idempotent."""
+        """End the child (EOF on its stdin, then SIGKILL: it ignores SIGTERM),
+        reap it and return its exit status; idempotent."""
         proc = self._proc
         try:
             if proc.stdin is not None:
                 proc.stdin.close()
-            for end in (proc.terminate, proc.kill):
-                if await self._exited(_CHILD_GRACE_S):
-                    break
-                end()
+            if not await self._exited(_CHILD_GRACE_S):
+                proc.kill()
             while not await self._exited(_CHILD_GRACE_S):
                 pass
         except BaseException:

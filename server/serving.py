@@ -62,7 +62,7 @@ class HitPathSite(web.BaseSite):
                  sock: socket.socket | None = None, backlog: int = LISTEN_BACKLOG,
                  reuse_port: bool = False) -> None:
         super().__init__(runner, backlog=backlog)
-        self._app_runner = runner
+        self._app_runner = runner  # BaseSite keeps it as a BaseRunner, which has no ``app``
         self._host = host
         self._port = port
         self._sock = sock
