@@ -2,8 +2,9 @@
 
 Published side (on-disk layout, keys relative to the published root)::
 
-    <name>/versions/<version>.json   {"time": iso, "manifest": {...}}   write-once
-    <name>/<basename>-<version>.tgz  the tarball                        write-once
+    <name>/versions/<version>.json   {"time": iso, "rev": n, "dist-tags": {...},
+                                      "manifest": {...}}                  write-once
+    <name>/<basename>-<version>.tgz  the tarball                         write-once
     <name>/package-meta.json         rev, created, modified, dist-tags, deprecated,
                                      unpublished (tombstones), maintainers, users
 
@@ -12,15 +13,18 @@ Invariants:
 * **Write-once, crash-safe publish.** Under the package lock (in-process and
   cross-process), publish checks that the version has no version file and no
   tombstone, writes the tarball, then the version file (**the commit point**),
-  then the metadata. A crash leaves either the whole version or an orphan
-  tarball, which nothing serves and the next publish of that version (or the
-  recovery on open, after an hour) replaces.
+  then, on a first publish, an import and every ``fold_after`` publishes, the
+  metadata. A crash leaves either the whole version or an orphan tarball,
+  which nothing serves and the next publish of that version (or the recovery
+  on open, after an hour) replaces.
 * **The version files are the truth about which versions exist**; the
   metadata only adds to them. A version whose file exists is live unless
-  tombstoned, even if a crash kept the metadata from mentioning it; reads
-  normalise (tags point at live versions only, a ``latest`` left dangling
-  moves to the highest live version), and the next write persists the
-  normalised document.
+  tombstoned, even if the metadata does not mention it. A version file
+  records the ``rev`` its publish gave the package and the dist-tags it set:
+  reads replay, oldest first, those newer than the metadata's ``rev``. Reads
+  then normalise (tags point at live versions only, a ``latest`` left
+  dangling moves to the highest live version), and the next metadata write
+  persists the normalised document.
 * **``latest`` is never invented on read.** A publish sets it when absent
   (unless ``default_latest=False``: an overlay must keep the upstream's
   ``latest`` unless the publisher tagged one); a fragment without it leaves
@@ -74,6 +78,10 @@ PACKUMENT_FILE = "packument.json"
 PACKUMENT_META_FILE = "packument.meta"
 #: An orphan tarball (no version file) older than this is removed on open.
 ORPHAN_MAX_AGE = 3600.0
+#: Default of ``PackageStore(fold_after=)``: a publish rewrites the metadata
+#: document once this many publishes' dist-tags are recorded only in their
+#: version files.
+FOLD_AFTER = 64
 
 
 def utcnow() -> datetime:
@@ -145,17 +153,14 @@ class _Meta:
 
     @classmethod
     def parse(cls, doc: Mapping[str, Any]) -> _Meta:
-        def strmap(value: Any) -> dict[str, str]:
-            return {k: v for k, v in value.items() if isinstance(v, str)} if isinstance(value, dict) else {}
-
         rev = doc.get("rev")
         return cls(
             rev=rev if isinstance(rev, int) else 0,
             created=doc.get("created") if isinstance(doc.get("created"), str) else None,
             modified=doc.get("modified") if isinstance(doc.get("modified"), str) else None,
-            dist_tags=strmap(doc.get("dist-tags")),
-            deprecated=strmap(doc.get("deprecated")),
-            unpublished=strmap(doc.get("unpublished")),
+            dist_tags=_str_map(doc.get("dist-tags")),
+            deprecated=_str_map(doc.get("deprecated")),
+            unpublished=_str_map(doc.get("unpublished")),
             maintainers=[dict(m) for m in doc.get("maintainers") or () if isinstance(m, dict)],
             users={k: True for k, v in (doc.get("users") or {}).items() if v is True},
         )
@@ -201,9 +206,21 @@ class _Package:
     def live(self, meta: _Meta) -> list[str]:
         return sort_versions(v for v in self.docs if v not in meta.unpublished)
 
+    def unfolded(self) -> list[tuple[int, dict[str, str]]]:
+        """``(rev, dist-tags)`` of the publishes newer than the metadata
+        document, oldest first: their tags live only in their version files."""
+        base = self.meta.rev if self.meta is not None else 0
+        found = [(doc["rev"], doc.get("dist-tags")) for doc in self.docs.values()
+                 if type(doc.get("rev")) is int and doc["rev"] > base]
+        found.sort(key=lambda pair: pair[0])
+        return [(rev, _str_map(tags)) for rev, tags in found]
+
     def normalized(self) -> _Meta:
         """The metadata as it should be, given the version files (see module doc)."""
         meta = self.meta.copy() if self.meta is not None else _Meta()
+        for rev, tags in self.unfolded():
+            meta.dist_tags.update(tags)
+            meta.rev = rev
         # A set, not live(): sorting every version on each normalisation was
         # a visible share of a publish in packages with many versions.
         live_set = {v for v in self.docs if v not in meta.unpublished}
@@ -225,10 +242,11 @@ class _Package:
                 meta.maintainers = [dict(user)]
         return meta
 
-    def fragment(self, name: PackageName) -> PublishedFragment | None:
+    def fragment(self, name: PackageName, meta: _Meta | None = None) -> PublishedFragment | None:
+        """The published fragment; ``meta``: :meth:`normalized`, if the caller has it."""
         if not self.exists:
             return None
-        meta = self.normalized()
+        meta = self.normalized() if meta is None else meta
         ordered = sort_versions(self.docs)
         return PublishedFragment(
             name=name,
@@ -326,9 +344,13 @@ class PackageStore:
         *,
         clock: Callable[[], datetime] = utcnow,
         version_cache_bytes: int = VERSION_CACHE_BYTES,
+        fold_after: int = FOLD_AFTER,
     ) -> None:
+        if fold_after < 1:
+            raise InvalidInput("fold_after must be at least 1")
         self._layered = layered
         self._clock = clock
+        self._fold_after = fold_after
         self._subscribers: list[Callable[[PackageName], None]] = []
         self._cache_writers: list[Callable[[PackageName], None]] = []
         self._version_docs = VersionDocCache(version_cache_bytes)
@@ -486,40 +508,53 @@ class PackageStore:
         try:
             async with self._published.transaction(name) as txn:
                 pkg = await self._read(name)
-                if authorize is not None:
-                    await authorize(pkg.fragment(name))
                 meta = pkg.normalized()
+                if authorize is not None:
+                    await authorize(pkg.fragment(name, meta.copy()))
                 if version in pkg.docs or version in meta.unpublished:
                     raise AlreadyPublished(
                         vkey, f"You cannot publish over the previously published versions: {version}."
                     )
                 now = self._now()
                 stamp = now if published_at is None else isoformat(published_at)
-                doc: JSONObject = {"time": stamp, "manifest": manifest}
-                doc_json = b'{"time":' + orjson.dumps(stamp) + b',"manifest":' + manifest_json + b"}"
                 first = pkg.meta is None
-                pkg.docs[version] = doc
                 if first and not meta.maintainers:
                     meta.maintainers = [dict(user)] if user else []
                 if not meta.created or (published_at is not None and stamp < meta.created):
                     meta.created = stamp  # an imported older version moves it back
-                meta.dist_tags.update({t: v for t, v in tags.items() if v in pkg.docs and v not in meta.unpublished})
-                if default_latest:
-                    meta.dist_tags.setdefault("latest", version)
+                applied = {t: v for t, v in tags.items()
+                           if v == version or (v in pkg.docs and v not in meta.unpublished)}
+                if default_latest and "latest" not in meta.dist_tags and "latest" not in applied:
+                    applied["latest"] = version
+                meta.dist_tags.update(applied)
                 meta.rev += 1
                 meta.modified = now
+                # The version file records the tags this publish set and the
+                # rev it gave the package, so the metadata document need not
+                # be rewritten (a third durable write) on every publish: reads
+                # replay what is newer than it (see _Package.unfolded). It is
+                # written when it holds what the version file cannot say, and
+                # every ``fold_after`` publishes, which bounds that replay.
+                write_meta = first or published_at is not None or len(pkg.unfolded()) >= self._fold_after
+                doc: JSONObject = {"time": stamp, "rev": meta.rev, "dist-tags": applied, "manifest": manifest}
+                doc_json = b"".join((
+                    b'{"time":', orjson.dumps(stamp), b',"rev":', str(meta.rev).encode(),
+                    b',"dist-tags":', orjson.dumps(applied), b',"manifest":', manifest_json, b"}",
+                ))
+                pkg.docs[version] = doc
                 pkg.meta = meta
+                final = pkg.normalized()
                 wrote = True
                 # The version file is the commit point. A tarball already
                 # there is the orphan of a crashed publish (we hold the lock,
                 # so no publish of this version is in flight): never served,
                 # so it is replaced.
                 tag = await txn.commit_version(
-                    (tarball_key(name, version), bytes(tarball)), (vkey, doc_json), pkg.normalized().dump()
+                    (tarball_key(name, version), bytes(tarball)), (vkey, doc_json), final.dump() if write_meta else None
                 )
                 # What the next read would parse, kept: it lists the file under this tag.
                 self._version_docs.add(f"{name}/versions/", vkey, _CachedDoc(tag, len(doc_json), _load(doc_json, vkey)))
-                fragment = pkg.fragment(name)
+                fragment = pkg.fragment(name, final)
         finally:
             if wrote:
                 self._notify(name)
@@ -787,6 +822,10 @@ def _dump_cache_meta(meta: CacheMeta, body: bytes) -> bytes:
             "body_xxh3": _digest(body),
         }
     )
+
+
+def _str_map(value: Any) -> dict[str, str]:
+    return {k: v for k, v in value.items() if isinstance(v, str)} if isinstance(value, dict) else {}
 
 
 def _check_tags(tags: Mapping[str, str]) -> dict[str, str]:

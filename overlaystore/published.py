@@ -11,7 +11,8 @@ Contract:
   - :meth:`PackageTransaction.replace_meta`: the one mutable document per
     package (``<name>/package-meta.json``: dist-tags, tombstones, ...);
   - :meth:`PackageTransaction.commit_version`: a publish's tarball, version
-    file and metadata, in that order;
+    file and (when it changed beyond what the version file records)
+    metadata, in that order;
   - :meth:`PackageTransaction.remove_orphan` (and the tarball write of
     ``commit_version``): repair of a file a crashed publish left without its
     commit record. The caller must have checked, under this same lock, that
@@ -129,22 +130,24 @@ class PackageTransaction:
         self._check(key)
         await self._backend.write(key, data, replace=True)
 
-    async def commit_version(self, tarball: tuple[str, bytes], version: tuple[str, bytes], meta: bytes) -> str:
-        """A publish's three writes in one round trip, each durable before the
-        next is visible: the tarball (replacing any orphan of a crashed
-        publish: the caller checked under this lock that the version is not
+    async def commit_version(
+        self, tarball: tuple[str, bytes], version: tuple[str, bytes], meta: bytes | None
+    ) -> str:
+        """A publish's writes in one round trip, each durable before the next
+        is visible: the tarball (replacing any orphan of a crashed publish:
+        the caller checked under this lock that the version is not
         published), the version file (write-once: the commit point), then the
-        metadata. A failure leaves the writes before it done. Returns the
-        version file's change tag (see :meth:`Backend.list_children`)."""
+        metadata unless ``meta`` is None. A failure leaves the writes before
+        it done. Returns the version file's change tag (see
+        :meth:`Backend.list_children`)."""
         for key, _ in (tarball, version):
             self._check(key)
             if _is_meta(key):
                 raise InvalidInput(f"{key} is the metadata document, not a file of a version")
-        tags = await self._backend.write_in_order([
-            Write(tarball[0], tarball[1], replace=True),
-            Write(version[0], version[1], replace=False),
-            Write(meta_key(self.name), meta, replace=True),
-        ])
+        writes = [Write(tarball[0], tarball[1], replace=True), Write(version[0], version[1], replace=False)]
+        if meta is not None:
+            writes.append(Write(meta_key(self.name), meta, replace=True))
+        tags = await self._backend.write_in_order(writes)
         return tags[1]
 
     async def remove_orphan(self, key: str) -> bool:

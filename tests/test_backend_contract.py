@@ -457,6 +457,14 @@ class PublishedLayerContract(LayerContract):
         assert await layer.get("p/versions/1.0.0.json") == b"v1"
         assert await layer.get("p/package-meta.json") == b'{"rev": 1}'
 
+    async def test_commit_version_without_meta_leaves_the_metadata_alone(self, layer: PublishedLayer) -> None:
+        async with layer.transaction("p") as txn:  # type: ignore[arg-type]
+            await txn.replace_meta(b'{"rev": 1}')
+            await txn.commit_version(("p/p-2.0.0.tgz", b"t2"), ("p/versions/2.0.0.json", b"v2"), None)
+        assert await layer.get("p/p-2.0.0.tgz") == b"t2"
+        assert await layer.get("p/versions/2.0.0.json") == b"v2"
+        assert await layer.get("p/package-meta.json") == b'{"rev": 1}'
+
     async def test_commit_version_stops_at_a_taken_version_file(self, layer: PublishedLayer) -> None:
         await layer.put("p/versions/1.0.0.json", b"original")
         async with layer.transaction("p") as txn:  # type: ignore[arg-type]

@@ -112,7 +112,8 @@ async def test_on_disk_layout(disk_store: PackageStore, tmp_path: Path) -> None:
     await publish(disk_store, W, "1.0.0")
     root = tmp_path / "published" / "@acme" / "widget"
     doc = orjson.loads((root / "versions" / "1.0.0.json").read_bytes())
-    assert doc == {"time": "2026-01-01T00:00:01.000Z", "manifest": manifest(W, "1.0.0", tgz(W, "1.0.0"))}
+    assert doc == {"time": "2026-01-01T00:00:01.000Z", "rev": 1, "dist-tags": {"latest": "1.0.0"},
+                   "manifest": manifest(W, "1.0.0", tgz(W, "1.0.0"))}
     assert (root / "widget-1.0.0.tgz").read_bytes() == tgz(W, "1.0.0")
     meta = orjson.loads((root / "package-meta.json").read_bytes())
     assert meta["rev"] == 1 and meta["dist-tags"] == {"latest": "1.0.0"}
@@ -131,6 +132,39 @@ async def test_later_publishes(store: PackageStore) -> None:
     assert fragment.modified == fragment.times["1.1.0"]
     assert fragment.rev == 3
     assert fragment.maintainers == (ALICE,)
+
+
+async def test_a_later_publish_records_its_tags_in_its_version_file_only(
+    disk_store: PackageStore, tmp_path: Path
+) -> None:
+    await publish(disk_store, W, "1.0.0")
+    root = tmp_path / "published" / "@acme" / "widget"
+    meta_before = (root / "package-meta.json").read_bytes()
+    returned = await publish(disk_store, W, "2.0.0-beta.1", tags={"beta": "2.0.0-beta.1", "x": "1.0.0"})
+    # one durable write fewer: the metadata document is left as it was
+    assert (root / "package-meta.json").read_bytes() == meta_before
+    doc = orjson.loads((root / "versions" / "2.0.0-beta.1.json").read_bytes())
+    assert (doc["rev"], doc["dist-tags"]) == (2, {"beta": "2.0.0-beta.1", "x": "1.0.0"})
+    # a reader with nothing cached replays it
+    cold = PackageStore(disk_store.layered)
+    fragment = await cold.fragment(W)
+    assert fragment == returned
+    assert fragment.dist_tags == {"latest": "1.0.0", "beta": "2.0.0-beta.1", "x": "1.0.0"} and fragment.rev == 2
+
+
+async def test_the_metadata_is_rewritten_every_fold_after_publishes(tmp_path: Path) -> None:
+    opened = await PackageStore.open_directories(tmp_path / "published", tmp_path / "cache")
+    store = PackageStore(opened.layered, clock=Clock(), fold_after=2)
+    revs = []
+    for minor in range(6):
+        await publish(store, W, f"1.{minor}.0")
+        meta = orjson.loads(await store.layered.published.get("@acme/widget/package-meta.json") or b"")
+        revs.append(meta["rev"])
+    # the first publish writes it; then every third publish (after two unfolded ones)
+    assert revs == [1, 1, 1, 4, 4, 4]
+    assert meta["dist-tags"] == {"latest": "1.3.0"}
+    with pytest.raises(InvalidInput):
+        PackageStore(opened.layered, fold_after=0)
 
 
 async def test_first_publish_with_only_a_beta_tag_sets_latest(store: PackageStore) -> None:
