@@ -75,19 +75,20 @@ async def _publish(request: web.Request, name: PackageName, body: Mapping[str, A
             tags=checked.tags, user=user, default_latest=not overlaid, authorize=authorize,
         )
     except StorageError as exc:
-        # The version file is the commit point and the metadata (dist-tags)
-        # is written after it. If only the metadata failed (a full disk), the
-        # version *is* published: say so, or the client retries into a 409
-        # without ever learning why its tags did not move.
+        # The version file is the commit point, and it records the tags the
+        # publish set; only the metadata document is written after it (on a
+        # first publish, and now and then to fold tags in). If only that
+        # failed (a full disk), the version is published with its tags: say
+        # so, or the client retries into a 409 without ever learning why.
         after = await store.fragment(name)
         stored = after.versions.get(checked.version) if after is not None else None
-        if stored is None or stored.get("dist") != manifest.get("dist"):
+        if after is None or stored is None or stored.get("dist") != manifest.get("dist"):
             raise
-        raise type(exc)(
-            f"{name}@{checked.version} was published, but its dist-tags could not be saved ({exc}); "
-            f"once the storage has room: npm dist-tag add {name}@{checked.version} <tag>"
-        ) from exc
-    log.info("published %s@%s by %s", name, checked.version, who.name)
+        log.warning("published %s@%s by %s, but its package metadata could not be saved (%s); "
+                    "the next change to the package saves it", name, checked.version, who.name, exc)
+        published = after
+    else:
+        log.info("published %s@%s by %s", name, checked.version, who.name)
     return _ok(201, id=name, rev=await request.app[DOCUMENTS].revision(name, published))
 
 

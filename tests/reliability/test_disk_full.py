@@ -11,9 +11,11 @@ Published store full:
   and still served;
 * the same when only the tarball fits (the version file, the commit point,
   does not): an orphan tarball at most, never served;
-* when everything but the metadata fits (past the commit point), the version
-  is published; the 507 says so and names ``npm dist-tag add`` for the tag;
-* dist-tag changes and unpublishes on a full disk: 507, nothing changed.
+* when everything but the metadata fits (past the commit point, on a first
+  publish), the version is published with its tags and maintainer, which its
+  version file records: 201, and a warning for the operator;
+* publishes, dist-tag changes and deprecations on a full disk: 507, nothing
+  changed.
 
 Cache full: a tarball that does not fit is **streamed to the client whole
 and verified, but not cached**; no partial cache file or temp file stays and
@@ -170,46 +172,58 @@ async def test_publish_whose_tarball_fits_but_not_its_version_file(
 
 
 async def test_publish_whose_metadata_does_not_fit(
-    registry_factory: RegistryFactory, tmpfs: Mount, tmp_path: Path, record: SuiteRun
+    registry_factory: RegistryFactory, tmpfs: Mount, tmp_path: Path, record: SuiteRun,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Past the commit point (the version file) only the metadata is left to
-    write. If that fails, the version is published: the 507 says so and
-    names the command that moves the tag once there is room."""
+    """Past the commit point (the version file) only the metadata document is
+    left to write (on a first publish), and the version file records what the
+    publish changed. If the metadata does not fit, the publish is complete all
+    the same: 201, tags and maintainer in effect, a warning for the operator,
+    and the next write that has room saves the metadata."""
     published = tmpfs(tmp_path / "published", "2m")
     reg = await registry_factory(storage=StorageConfig(published=published, cache=tmp_path / "cache"))
     await reg.adduser("alice")
-    assert (await publish(reg, "pkg", "1.0.0", make_tarball("pkg", "1.0.0"))).status == 201
-    tarball = big_tarball("pkg", "1.1.0", 200_000)
+    await reg.adduser("bob")
+    tarball = big_tarball("pkg", "1.0.0", 200_000)
     page = os.statvfs(published).f_frsize
     filler = fill(published, (-(-len(tarball) // page) + 1) * page)  # the tarball and the version file
-    resp = await publish(reg, "pkg", "1.1.0", tarball)
-    assert resp.status == 507
-    message = (await resp.json())["error"]
-    assert "pkg@1.1.0 was published" in message and "npm dist-tag add" in message, message
+    resp = await publish(reg, "pkg", "1.0.0", tarball)
+    assert resp.status == 201, await resp.text()
+    assert not (published / "pkg" / "package-meta.json").exists()
+    assert "its package metadata could not be saved" in caplog.text
     assert hidden_leftovers(published) == []
     doc = await (await reg.client.get("/pkg")).json()
-    assert set(doc["versions"]) == {"1.0.0", "1.1.0"} and doc["dist-tags"]["latest"] == "1.0.0"
-    assert await (await reg.client.get("/pkg/-/pkg-1.1.0.tgz")).read() == tarball
-    # Metadata changes on the full disk fail cleanly too, and change nothing.
+    assert set(doc["versions"]) == {"1.0.0"} and doc["dist-tags"]["latest"] == "1.0.0"
+    assert [m["name"] for m in doc["maintainers"]] == ["alice"]
+    assert await (await reg.client.get("/pkg/-/pkg-1.0.0.tgz")).read() == tarball
+    # alice is the maintainer even though the metadata was never written
+    resp = await reg.client.put("/pkg", data=orjson.dumps(publish_body("pkg", "1.1.0")),
+                                headers={**reg.auth("bob"), "Content-Type": "application/json"})
+    assert resp.status == 403
+    # Changes on the full disk fail cleanly, and change nothing.
     tag_headers = {**reg.auth("alice"), "Content-Type": "application/json"}
-    more = fill(published, 0, ".filler-2")
-    resp = await reg.client.put("/-/package/pkg/dist-tags/latest", data=b'"1.1.0"', headers=tag_headers)
+    assert (await publish(reg, "pkg", "1.1.0", make_tarball("pkg", "1.1.0"))).status == 507
+    resp = await reg.client.put("/-/package/pkg/dist-tags/beta", data=b'"1.0.0"', headers=tag_headers)
     assert resp.status == 507 and "error" in await resp.json()
-    resp = await reg.client.put("/pkg/-rev/1-0", json={"name": "pkg", "versions": {"1.1.0": {}}},
+    resp = await reg.client.put("/pkg", json={"name": "pkg", "versions": {"1.0.0": {"deprecated": "old"}}},
                                 headers=reg.auth("alice"))
-    assert resp.status == 507, "an unpublish that cannot be recorded fails"
+    assert resp.status == 507, "a deprecation that cannot be recorded fails"
     assert hidden_leftovers(published) == []
     doc = await (await reg.client.get("/pkg")).json()
-    assert set(doc["versions"]) == {"1.0.0", "1.1.0"} and doc["dist-tags"]["latest"] == "1.0.0"
+    assert set(doc["versions"]) == {"1.0.0"} and doc["dist-tags"] == {"latest": "1.0.0"}
+    assert "deprecated" not in doc["versions"]["1.0.0"]
     filler.unlink()
-    more.unlink()
-    resp = await reg.client.put("/-/package/pkg/dist-tags/latest", data=b'"1.1.0"', headers=tag_headers)
+    assert (await publish(reg, "pkg", "1.1.0", make_tarball("pkg", "1.1.0"))).status == 201
+    meta = orjson.loads((published / "pkg" / "package-meta.json").read_bytes())
+    assert [m["name"] for m in meta["maintainers"]] == ["alice"] and meta["dist-tags"] == {"latest": "1.1.0"}
+    resp = await reg.client.put("/-/package/pkg/dist-tags/latest", data=b'"1.0.0"', headers=tag_headers)
     assert resp.status == 201
-    assert (await (await reg.client.get("/pkg")).json())["dist-tags"]["latest"] == "1.1.0"
-    record.count(requests=9, faults=3)
-    record.detail("publish whose metadata (dist-tags) does not fit", 507,
-                  "the version is published and the message says so, with the npm dist-tag command")
-    record.detail("dist-tag change / unpublish on a full disk", "507 / 507", "nothing changed, no temp file")
+    assert (await (await reg.client.get("/pkg")).json())["dist-tags"]["latest"] == "1.0.0"
+    record.count(requests=11, faults=4)
+    record.detail("first publish whose metadata does not fit", 201,
+                  "published with its tags and maintainer (the version file records them); a warning is logged")
+    record.detail("publish / dist-tag change / deprecation on a full disk", "507 / 507 / 507",
+                  "nothing changed, no temp file")
 
 
 async def test_cache_fill_that_does_not_fit(
