@@ -68,6 +68,7 @@ class HitPathSite(web.BaseSite):
         self._sock = sock
         self._reuse_port = reuse_port
         self._connections: set[HitPathProtocol] = set()
+        self._closed: asyncio.Future[None] | None = None
 
     @property
     def name(self) -> str:
@@ -99,13 +100,29 @@ class HitPathSite(web.BaseSite):
             )
 
     async def stop(self) -> None:
+        """Stop listening and close the hit-path connections: idle ones at
+        once, one sending a body after its last slice. Returns without
+        waiting for those (see :meth:`wait_closed`): aiohttp's runner stops
+        its sites before it drains its own requests, and the two drains must
+        share one shutdown window, or a worker could take twice as long as
+        its supervisor allows (``server.workers.KILL_MARGIN_S``)."""
         await super().stop()
         for connection in list(self._connections):
             connection.close()
-        # One still sending a large body closes after its last slice; each
-        # leaves the set as it closes. A client that stopped reading is cut off.
+        if self._closed is None:
+            deadline = asyncio.get_running_loop().time() + SHUTDOWN_TIMEOUT_S
+            self._closed = asyncio.ensure_future(self._drain(deadline))
+
+    async def wait_closed(self) -> None:
+        """Once :meth:`stop` was called: until every hit-path connection has
+        closed (each leaves the set as it does), a client that stopped
+        reading being cut off at the shutdown deadline."""
+        if self._closed is not None:
+            await self._closed
+
+    async def _drain(self, deadline: float) -> None:
         try:
-            async with asyncio.timeout(SHUTDOWN_TIMEOUT_S):
+            async with asyncio.timeout_at(deadline):
                 while self._connections:
                     await asyncio.sleep(0.05)
         except TimeoutError:
@@ -125,15 +142,15 @@ async def _serve(app: web.Application, config: Config, reuse_port: bool, handle_
         shutdown_timeout=options["shutdown_timeout"],
     )
     await runner.setup()
+    site = HitPathSite(runner, options["host"], options["port"], backlog=options["backlog"], reuse_port=reuse_port)
     try:
-        site = HitPathSite(runner, options["host"], options["port"], backlog=options["backlog"],
-                           reuse_port=reuse_port)
         await site.start()
         if on_listening is not None:
             on_listening()
         await asyncio.Event().wait()  # until GracefulExit (a signal) ends the loop
     finally:
-        await runner.cleanup()
+        await runner.cleanup()  # stops the site, then drains aiohttp's requests
+        await site.wait_closed()
 
 
 def serve(app: web.Application, config: Config, *, loop: asyncio.AbstractEventLoop | None = None,

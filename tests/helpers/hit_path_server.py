@@ -30,3 +30,8 @@ class HitPathTestServer(TestServer):
         await self.site.start()
         self.scheme = "http"
         self._root = URL(f"http://{self.host}:{self.port}")
+
+    async def close(self) -> None:
+        await super().close()
+        if self.site is not None:
+            await self.site.wait_closed()

@@ -397,9 +397,9 @@ async def test_stopping_lets_a_body_being_sent_finish(
         head = await reader.readuntil(b"\r\n\r\n")  # the body is on its way
         server = registry.client.server
         assert isinstance(server, HitPathTestServer) and server.site is not None
-        stopping = asyncio.create_task(server.site.stop())
+        await asyncio.wait_for(server.site.stop(), 5)
         rest = await reader.read()  # all of it, then closed
-        await asyncio.wait_for(stopping, 5)
+        await asyncio.wait_for(server.site.wait_closed(), 5)
     finally:
         writer.close()
     length = int(head.decode().lower().split("content-length: ")[1].split("\r\n")[0])
@@ -418,7 +418,9 @@ async def test_stopping_cuts_off_a_client_that_stopped_reading(
         await reader.readuntil(b"\r\n\r\n")
         server = registry.client.server
         assert isinstance(server, HitPathTestServer) and server.site is not None
-        await asyncio.wait_for(server.site.stop(), 5)  # not waiting for the reader
+        await asyncio.wait_for(server.site.stop(), 5)
+        assert server.site._connections, "stop() leaves the draining to wait_closed()"
+        await asyncio.wait_for(server.site.wait_closed(), 5)  # not waiting for the reader
         assert server.site._connections == set()
     finally:
         writer.close()
