@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .refresh import UpstreamSource
     from .tarball_proxy import TarballProxy
     from .upstream import UpstreamClient
+    from .worker_metrics import WorkerMetrics
 
 CONFIG: web.AppKey["Config"] = web.AppKey("config")
 STORE: web.AppKey["PackageStore"] = web.AppKey("store")
@@ -31,6 +32,8 @@ SOURCE: web.AppKey["UpstreamSource"] = web.AppKey("source")
 TARBALLS: web.AppKey["TarballProxy"] = web.AppKey("tarballs")
 DOCUMENTS: web.AppKey["Documents"] = web.AppKey("documents")
 METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")
+#: Set in each worker of ``--workers N`` (N > 1): the scrape gathers every worker.
+WORKER_METRICS: web.AppKey["WorkerMetrics"] = web.AppKey("worker_metrics")
 CACHE_ADMIN: web.AppKey["CacheAdmin"] = web.AppKey("cache_admin")
 READINESS: web.AppKey["Readiness"] = web.AppKey("readiness")
 #: The worker number (1..N) in a process of ``serve --workers N``; absent in a

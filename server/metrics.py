@@ -40,7 +40,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Summa
 from prometheus_client.registry import Collector
 
 from .http_errors import CLIENT_CLOSED, Handler
-from .keys import METRICS, OUTCOME, STORE, UPSTREAM, VIEW
+from .keys import METRICS, OUTCOME, STORE, UPSTREAM, VIEW, WORKER_METRICS
 
 if TYPE_CHECKING:
     from overlaystore.cache import GCReport, WipeReport
@@ -241,7 +241,12 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 async def get_metrics(request: web.Request) -> web.Response:
     # On the loop: the collector reads the LRU, which is not thread-safe (and small).
-    body, content_type = request.app[METRICS].render(request.headers.get("Accept", ""))
+    accept = request.headers.get("Accept", "")
+    workers = request.app.get(WORKER_METRICS)
+    if workers is not None:
+        body, content_type = await workers.render(accept)
+    else:
+        body, content_type = request.app[METRICS].render(accept)
     return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
 
 

@@ -23,6 +23,8 @@
   the first signal only (a terminal's Ctrl-C reaches every process of the
   group *and* is forwarded by the parent); a worker whose parent vanished
   (SIGKILL) shuts itself down within :data:`PARENT_CHECK_S`.
+* **Metrics.** ``GET /-/metrics`` on any worker answers every worker's
+  series, labelled ``worker`` (:mod:`server.worker_metrics`).
 * **Coherence.** Each worker keeps its own composed LRU. A write bumps the
   package's counter in the shared :class:`~overlaystore.changes.ChangeCounters`
   before it is acknowledged, and every LRU hit checks it, so a publish
@@ -38,11 +40,15 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
+from collections.abc import AsyncIterator
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
 
 from aiohttp import web
@@ -52,8 +58,9 @@ from overlaystore.errors import OverlayStoreError
 from .allocator import tune_allocator
 from .app import describe, make_app
 from .config import Config
-from .keys import WORKER, WORKER_HEADER
+from .keys import METRICS, WORKER, WORKER_HEADER, WORKER_METRICS
 from .serving import SHUTDOWN_TIMEOUT_S, new_event_loop, serve
+from .worker_metrics import WorkerMetrics
 
 log = logging.getLogger("overlaystore.server")
 
@@ -126,7 +133,7 @@ async def _name_worker(request: web.Request, response: web.StreamResponse) -> No
     response.headers[WORKER_HEADER] = str(request.app[WORKER])
 
 
-def _worker_main(config: Config, index: int, ready: Connection) -> None:
+def _worker_main(config: Config, index: int, ready: Connection, metrics_dir: Path) -> None:
     """One worker process (the target of a spawned Process)."""
     _configure_logging(config, f" [worker {index}]")
     tune_allocator()
@@ -136,6 +143,15 @@ def _worker_main(config: Config, index: int, ready: Connection) -> None:
     app = make_app(config)
     app[WORKER] = index
     app.on_response_prepare.append(_name_worker)
+    worker_metrics = WorkerMetrics(app[METRICS], metrics_dir, index, config.server.workers)
+    app[WORKER_METRICS] = worker_metrics
+
+    async def metrics_socket(_app: web.Application) -> AsyncIterator[None]:
+        await worker_metrics.start()
+        yield
+        await worker_metrics.close()
+
+    app.cleanup_ctx.append(metrics_socket)
 
     def listening() -> None:
         try:
@@ -179,13 +195,21 @@ class _Supervisor:
                     pass
 
     def run(self) -> int:
+        # Where the workers answer each other's metrics scrapes (server.worker_metrics).
+        metrics_dir = Path(tempfile.mkdtemp(prefix="overlaystore-metrics-"))
+        try:
+            return self._run(metrics_dir)
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+    def _run(self, metrics_dir: Path) -> int:
         config = self._config
         count = config.server.workers
         readers: dict[Connection, int] = {}
         for index in range(1, count + 1):
             receive, send = self._context.Pipe(duplex=False)
             process = self._context.Process(
-                target=_worker_main, args=(config, index, send), name=f"overlaystore-worker-{index}"
+                target=_worker_main, args=(config, index, send, metrics_dir), name=f"overlaystore-worker-{index}"
             )
             process.start()
             send.close()

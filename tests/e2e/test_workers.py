@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.upstream import FakeUpstream
 from tests.npmdata import publish_body
@@ -192,6 +193,32 @@ def test_npm_publish_then_install(workers_server: WorkersServer, tmp_path: Path)
         cli.npm("install", f"{name}@latest", cwd=project)
         installed = json.loads((project / "node_modules" / name / "package.json").read_text())
         assert installed["version"] == version
+
+
+def test_any_worker_answers_every_workers_metrics(workers_server: WorkersServer) -> None:
+    srv = workers_server
+    name = "metrics-probe"
+    answered = [srv.request("GET", f"/{name}")[1]["x-overlaystore-worker"] for _ in range(60)]
+    assert len(set(answered)) == WORKERS  # the 404s spread over the workers
+    scrapers: set[str] = set()
+    for _ in range(30):
+        status, headers, body = srv.request("GET", "/-/metrics")
+        assert status == 200
+        scrapers.add(headers["x-overlaystore-worker"])
+        up: dict[str, float] = {}
+        misses: dict[str, float] = {}
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                if sample.name == "overlaystore_worker_scrape_up":
+                    up[sample.labels["worker"]] = sample.value
+                elif (sample.name == "overlaystore_http_requests_total" and sample.labels["method"] == "GET"
+                      and sample.labels["status"] == "404"):
+                    misses[sample.labels["worker"]] = misses.get(sample.labels["worker"], 0) + sample.value
+        workers = {str(i) for i in range(1, WORKERS + 1)}
+        assert up == dict.fromkeys(workers, 1.0)
+        # every worker's 404s, whichever worker answered the scrape
+        assert set(misses) == workers and sum(misses.values()) >= len(answered)
+    assert len(scrapers) > 1
 
 
 def test_graceful_shutdown(workers_server: WorkersServer) -> None:
