@@ -1,6 +1,6 @@
 """End-to-end fixtures: the real server process, the fake upstream in a
-background thread, and the real npm / pnpm CLIs with isolated config and
-caches. Everything listens on 127.0.0.1."""
+background thread, and the real npm / pnpm / yarn 1 CLIs with isolated
+config and caches. Everything listens on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from tests.fakes.upstream import FakeUpstream
 
 ROOT = Path(__file__).resolve().parents[2]
 PNPM = ROOT / ".tools" / "node_modules" / ".bin" / "pnpm"
+YARN = ROOT / ".tools" / "node_modules" / ".bin" / "yarn"  # yarn 1 (classic)
 
 pytestmark = pytest.mark.e2e
 
@@ -145,7 +146,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream) -> 
 
 @dataclass
 class Cli:
-    """npm / pnpm with a private userconfig and cache, pointed at the server."""
+    """npm / pnpm / yarn 1 with a private userconfig and cache, pointed at the server."""
 
     home: Path
     registry: str
@@ -167,6 +168,7 @@ class Cli:
             "npm_config_loglevel": "warn",
             "npm_config_fetch_retries": "0",
             "PNPM_HOME": str(self.home / "pnpm-home"),
+            "YARN_CACHE_FOLDER": str(self.home / "yarn-cache"),
             "XDG_DATA_HOME": str(self.home / "xdg-data"),
             "XDG_CACHE_HOME": str(self.home / "xdg-cache"),
             "XDG_CONFIG_HOME": str(self.home / "xdg-config"),
@@ -175,7 +177,7 @@ class Cli:
 
     def run(self, tool: str, *args: str, cwd: Path | None = None, input: str | None = None,
             check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        exe = str(PNPM) if tool == "pnpm" else shutil.which(tool) or tool
+        exe = {"pnpm": str(PNPM), "yarn": str(YARN)}.get(tool) or shutil.which(tool) or tool
         proc = subprocess.run(
             [exe, *args], cwd=cwd or self.home, env=self.env(), input=input,
             capture_output=True, text=True, timeout=timeout,
@@ -192,6 +194,12 @@ class Cli:
 
     def pnpm(self, *args: str, **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
         return self.run("pnpm", *args, **kw)
+
+    def yarn(self, *args: str, **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+        # yarn 1 reads the registry and token from ~/.npmrc; its own rc only
+        # keeps it from asking the internet whether it is up to date.
+        (self.home / ".yarnrc").write_text("disable-self-update-check true\n")
+        return self.run("yarn", "--non-interactive", "--no-progress", *args, **kw)
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""The real npm CLI (and pnpm) against the real server process and the fake
-upstream: the workflows a team runs every day, in order."""
+"""The real npm CLI (and pnpm, and yarn 1) against the real server process and
+the fake upstream: the workflows a team runs every day, in order."""
 
 from __future__ import annotations
 
@@ -197,3 +197,38 @@ def test_pnpm_installs_a_mixed_tree(alice: Cli, tmp_path: Path) -> None:
     assert installed_version(project, "left-pad") == "1.1.0"
     pnpm_store = project / "node_modules" / ".pnpm"
     assert any(p.name.startswith("is-number-fake@2.1.0") for p in pnpm_store.iterdir())
+
+
+def test_yarn_installs_a_mixed_tree_and_reinstalls_from_its_lockfile(
+    alice: Cli, server: Server, tmp_path: Path
+) -> None:
+    alice.npm("publish", cwd=make_package(tmp_path / "p", "@acme/for-yarn", "1.0.0", {"is-odd-fake": "^1.0.0"}))
+    project = make_project(tmp_path / "yarn-app", {"@acme/for-yarn": "^1.0.0", "left-pad": "1.1.0"})
+    alice.yarn("install", cwd=project)
+    assert installed_version(project, "@acme/for-yarn") == "1.0.0"
+    assert installed_version(project, "left-pad") == "1.1.0"
+    assert installed_version(project, "is-odd-fake").startswith("1.")
+    lock = (project / "yarn.lock").read_text()
+    resolved = [line.split('"')[1] for line in lock.splitlines() if line.strip().startswith("resolved ")]
+    assert len(resolved) >= 4 and all(url.startswith(server.url + "/") for url in resolved), resolved
+    # a clean checkout: no node_modules, no yarn cache, the lockfile as it is
+    shutil.rmtree(project / "node_modules")
+    shutil.rmtree(alice.home / "yarn-cache")
+    alice.yarn("install", "--frozen-lockfile", cwd=project)
+    assert installed_version(project, "@acme/for-yarn") == "1.0.0"
+    assert (project / "yarn.lock").read_text() == lock
+
+
+def test_yarn_publish_then_npm_and_yarn_read_it(alice: Cli, tmp_path: Path) -> None:
+    package = make_package(tmp_path / "yp", "@acme/from-yarn", "1.0.0")
+    alice.yarn("publish", "--new-version", "1.0.0", cwd=package)
+    view = json.loads(alice.npm("view", "@acme/from-yarn", "--json").stdout)
+    assert view["version"] == "1.0.0" and view["dist-tags"] == {"latest": "1.0.0"}
+    info = json.loads(alice.yarn("info", "@acme/from-yarn", "--json").stdout)
+    assert info["data"]["versions"] == ["1.0.0"]
+    # yarn bumps and publishes the next version itself; the tarball it sent is the one served
+    alice.yarn("publish", "--new-version", "1.1.0", "--no-git-tag-version", cwd=package)
+    project = make_project(tmp_path / "yarn-app-2", {"@acme/from-yarn": "^1.0.0"})
+    alice.yarn("install", cwd=project)
+    assert installed_version(project, "@acme/from-yarn") == "1.1.0"
+
