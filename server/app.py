@@ -31,12 +31,13 @@ from .dist_tags import delete_tag, list_tags, put_tag
 from .documents import Documents
 from .http_errors import error_middleware
 from .health import Readiness
-from .keys import AUTH, CONFIG, DOCUMENTS, METRICS, POLICY, READINESS, SOURCE, STORE, TARBALLS, UPSTREAM, VIEW
+from .keys import AUTH, CONFIG, DOCUMENTS, METRICS, POLICY, READINESS, SEARCH, SOURCE, STORE, TARBALLS, UPSTREAM, VIEW
 from .metrics import Metrics, metrics_middleware
 from .misc import audit_bulk, ping
 from .packuments import get_packument, get_version
 from .refresh import UpstreamSource
 from .search import search
+from .search_index import SearchIndex
 from .serving import serve
 from .tarball_proxy import TarballProxy
 from .tarballs import get_tarball
@@ -106,7 +107,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     view = ComposedView(config.cache.view_max_bytes, changes=changes)
     # In-process writes invalidate before they return; the watcher covers
     # other processes and operators.
+    search = SearchIndex(store, changes)
     store.subscribe(view.invalidate)
+    store.subscribe(search.invalidate)
     checks: asyncio.Task[None] | None = None
     if changes is not None:
         store.subscribe(changes.bump)
@@ -118,6 +121,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     source = UpstreamSource(store, client, config.upstream, parsed_max_bytes=config.cache.parsed_max_bytes)
     app[STORE] = store
     app[VIEW] = view
+    app[SEARCH] = search
     app[SOURCE] = source
     tarballs = TarballProxy(store, source, client)
     app[TARBALLS] = tarballs
@@ -131,12 +135,23 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             for name in names:
                 view.invalidate(name)
 
+        def invalidate_published_changes(names: set[PackageName]) -> None:
+            invalidate(names)
+            for name in names:
+                search.invalidate(name)
+
+        def published_reset() -> None:
+            view.invalidate_all()
+            search.invalidate_all()
+
         def invalidate_cache_changes(names: set[PackageName]) -> None:
             invalidate(echoes.foreign(names))
 
-        for root, on_change in ((config.storage.published, invalidate), (config.storage.cache, invalidate_cache_changes)):
-            watcher = Watcher([root], on_change=on_change, on_reset=view.invalidate_all,
-                              force_polling=config.watch.polling)
+        for root, on_change, on_reset in (
+            (config.storage.published, invalidate_published_changes, published_reset),
+            (config.storage.cache, invalidate_cache_changes, view.invalidate_all),
+        ):
+            watcher = Watcher([root], on_change=on_change, on_reset=on_reset, force_polling=config.watch.polling)
             # Not waiting: a recursive watch of 100,000 packages takes seconds
             # to set up. What is served meanwhile is dropped once the watch exists.
             await watcher.start(wait=False)

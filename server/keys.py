@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .health import Readiness
     from .metrics import Metrics
     from .refresh import UpstreamSource
+    from .search_index import SearchIndex
     from .tarball_proxy import TarballProxy
     from .upstream import UpstreamClient
     from .worker_metrics import WorkerMetrics
@@ -36,6 +37,7 @@ METRICS: web.AppKey["Metrics"] = web.AppKey("metrics")
 WORKER_METRICS: web.AppKey["WorkerMetrics"] = web.AppKey("worker_metrics")
 CACHE_ADMIN: web.AppKey["CacheAdmin"] = web.AppKey("cache_admin")
 READINESS: web.AppKey["Readiness"] = web.AppKey("readiness")
+SEARCH: web.AppKey["SearchIndex"] = web.AppKey("search")
 #: The worker number (1..N) in a process of ``serve --workers N``; absent in a
 #: single-process server. Set before start-up, so a cleanup context can run
 #: once-per-server background work (GC) in worker 1 only.

@@ -1,8 +1,9 @@
 """``GET /-/v1/search``: published packages first, then upstream results.
 
 Published packages are matched on name, description and keywords of their
-latest version; upstream results whose names are published here are dropped,
-so a private name is never shown with someone else's data.
+latest version (kept between searches by :mod:`server.search_index`);
+upstream results whose names are published here are dropped, so a private
+name is never shown with someone else's data.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ from typing import Any
 
 from aiohttp import web
 
-from overlaystore.fragment import PublishedFragment
 from overlaystore.policy import Provenance
 
 from .auth import identity
 from .errors import UpstreamError
-from .keys import AUTH, DOCUMENTS, POLICY, STORE, UPSTREAM
+from .keys import AUTH, DOCUMENTS, POLICY, SEARCH, UPSTREAM
 
 log = logging.getLogger("overlaystore.server")
 
@@ -33,66 +33,21 @@ def _int_param(request: web.Request, key: str, default: int, upper: int) -> int:
     return max(0, min(value, upper))
 
 
-def _entry(fragment: PublishedFragment) -> dict[str, Any] | None:
-    latest = fragment.dist_tags.get("latest")
-    manifest = fragment.versions.get(latest or "")
-    if manifest is None:
-        return None
-    people = [
-        {"username": m.get("name", ""), "email": m.get("email", "")} for m in fragment.maintainers
-    ]
-    npm_user = manifest.get("_npmUser") or {}
-    keywords = manifest.get("keywords")
-    return {
-        "package": {
-            "name": fragment.name,
-            "scope": fragment.name[1:].partition("/")[0] if fragment.name.startswith("@") else "unscoped",
-            "version": latest,
-            "description": manifest.get("description", ""),
-            "keywords": keywords if isinstance(keywords, list) else [],
-            "date": fragment.times.get(latest or "", fragment.modified),
-            "links": {},
-            "publisher": {"username": npm_user.get("name", ""), "email": npm_user.get("email", "")},
-            "maintainers": people,
-        },
-        "score": {"final": 1.0, "detail": {"quality": 1.0, "popularity": 1.0, "maintenance": 1.0}},
-        "searchScore": 1.0,
-    }
-
-
-def _matches(fragment: PublishedFragment, words: list[str]) -> bool:
-    latest = fragment.versions.get(fragment.dist_tags.get("latest", ""), {})
-    keywords = latest.get("keywords")
-    haystack = " ".join(
-        [fragment.name, str(latest.get("description", ""))]
-        + ([str(k) for k in keywords] if isinstance(keywords, list) else [])
-    ).lower()
-    return all(word in haystack for word in words)
-
-
 async def search(request: web.Request) -> web.Response:
     text = request.query.get("text", "").strip()
     size = _int_param(request, "size", 20, MAX_SIZE)
     offset = _int_param(request, "from", 0, 10_000)
     words = [w for w in text.lower().split() if w]
-    store = request.app[STORE]
     auth = request.app[AUTH]
     policy = request.app[POLICY]
     who = await identity(request)
 
     local: list[dict[str, Any]] = []
     published = set()
-    for name in await store.published_names():
+    for name, summary in await request.app[SEARCH].summaries():  # sorted by name
         published.add(name)
-        if not auth.can_access(who, policy.rule_for(name).access):
-            continue
-        fragment = await store.fragment(name)
-        if fragment is None or not _matches(fragment, words):
-            continue
-        entry = _entry(fragment)
-        if entry is not None:
-            local.append(entry)
-    local.sort(key=lambda e: e["package"]["name"])
+        if summary.entry is not None and summary.matches(words) and auth.can_access(who, policy.rule_for(name).access):
+            local.append(summary.entry)
 
     remote: list[dict[str, Any]] = []
     client = request.app.get(UPSTREAM)

@@ -1,0 +1,113 @@
+"""What ``GET /-/v1/search`` knows of each published package, kept between
+searches.
+
+A search matches every published package's latest version, and reading a
+package from the store costs a directory listing and a thread hop: per search
+that was linear in the number of published packages (about a millisecond
+each). The index keeps, per name, the search entry and the text it is matched
+against, and drops a name whenever the composed view would: on an in-process
+write (a store subscriber), on a watcher report, and, with several workers,
+when the name's shared change counter moved (checked on every use, as the
+view checks its hits). The list of names is read from the store on every
+search, so a package another process publishes is found at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from overlaystore._types import PackageName
+from overlaystore.changes import ChangeCounters
+from overlaystore.fragment import PublishedFragment
+from overlaystore.packages import PackageStore
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """A package as search sees it: its entry (None when it has no live
+    ``latest``) and the lowercased text of its name, description and keywords."""
+
+    entry: dict[str, Any] | None
+    text: str
+    stamp: int  # the name's change counter when it was read (0 with one worker)
+
+    def matches(self, words: Iterable[str]) -> bool:
+        return self.entry is not None and all(word in self.text for word in words)
+
+
+def summarize(fragment: PublishedFragment, stamp: int = 0) -> Summary:
+    latest = fragment.dist_tags.get("latest")
+    manifest = fragment.versions.get(latest or "")
+    if manifest is None:
+        return Summary(None, "", stamp)
+    keywords = manifest.get("keywords")
+    keywords = [str(k) for k in keywords] if isinstance(keywords, list) else []
+    npm_user = manifest.get("_npmUser") or {}
+    entry = {
+        "package": {
+            "name": fragment.name,
+            "scope": fragment.name[1:].partition("/")[0] if fragment.name.startswith("@") else "unscoped",
+            "version": latest,
+            "description": manifest.get("description", ""),
+            "keywords": keywords,
+            "date": fragment.times.get(latest or "", fragment.modified),
+            "links": {},
+            "publisher": {"username": npm_user.get("name", ""), "email": npm_user.get("email", "")},
+            "maintainers": [{"username": m.get("name", ""), "email": m.get("email", "")}
+                            for m in fragment.maintainers],
+        },
+        "score": {"final": 1.0, "detail": {"quality": 1.0, "popularity": 1.0, "maintenance": 1.0}},
+        "searchScore": 1.0,
+    }
+    text = " ".join([fragment.name, str(manifest.get("description", "")), *keywords]).lower()
+    return Summary(entry, text, stamp)
+
+
+class SearchIndex:
+    """Summaries of the published packages of ``store`` (see the module docstring)."""
+
+    def __init__(self, store: PackageStore, changes: ChangeCounters | None = None) -> None:
+        self._store = store
+        self._changes = changes
+        self._summaries: dict[PackageName, Summary] = {}
+        # Bumped by every invalidation: a summary read while one happened may
+        # predate the write, so it is used for that search but not kept.
+        self._epoch = 0
+        if changes is not None:
+            changes.on_reset(self.invalidate_all)
+
+    def __len__(self) -> int:
+        return len(self._summaries)
+
+    def invalidate(self, name: PackageName) -> None:
+        self._summaries.pop(name, None)
+        self._epoch += 1
+
+    def invalidate_all(self) -> None:
+        self._summaries.clear()
+        self._epoch += 1
+
+    async def summaries(self) -> list[tuple[PackageName, Summary]]:
+        """Every published name (sorted) with its summary."""
+        names = await self._store.published_names()
+        for gone in self._summaries.keys() - set(names):
+            del self._summaries[gone]
+        found: list[tuple[PackageName, Summary]] = []
+        for name in names:
+            stamp = self._changes.read(name) if self._changes is not None else 0
+            summary = self._summaries.get(name)
+            if summary is None or summary.stamp != stamp:
+                epoch = self._epoch
+                fragment = await self._store.fragment(name)
+                if fragment is None:  # removed since the listing
+                    continue
+                summary = summarize(fragment, stamp)
+                if epoch == self._epoch:
+                    self._summaries[name] = summary
+            found.append((name, summary))
+        return found
+
+
+__all__ = ["SearchIndex", "Summary", "summarize"]
