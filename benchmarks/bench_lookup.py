@@ -34,6 +34,9 @@ measures, each as p50/p99 over many runs:
   over the whole store (published hit, fall-through to the cache, miss);
 * ``invalidation_delay``: an atomic file replace under a root → the
   :class:`Watcher` callback (inotify; ``_polling`` on a small tree);
+* ``search_{cold,warm}``: the published packages a search matches, with a
+  fresh :class:`~server.search_index.SearchIndex` (every package read: what
+  every search cost before the index) and with a filled one;
 * ``raw_*``: baselines (dict lookup, plain file read, a thread hop).
 
 Targets (design): LRU hit p50 <= 5 us; medium <= 5 ms; huge <= 100 ms;
@@ -75,6 +78,7 @@ from overlaystore.watch import Watcher
 from server.config import UpstreamConfig
 from server.documents import Documents
 from server.refresh import UpstreamSource
+from server.search_index import SearchIndex
 
 URL = "http://127.0.0.1:4873"
 SIZES = {"small": 10, "medium": 300, "huge": 3000}
@@ -426,6 +430,20 @@ async def run(args: argparse.Namespace) -> list[Result]:
             it = iter(picks)
             samples = await measure_async(lambda fn=fn, it=it: fn(next(it)), len(picks))  # type: ignore[misc]
             results.append(summarize(label, samples, f"random keys over {len(fx.names)} packages"))
+
+        # Search over the published packages: a cold index reads every one
+        # (what every search cost before the index), a warm one lists names.
+        words = ["pkg-0001"]
+
+        async def search(index: SearchIndex) -> int:
+            return sum(1 for _, summary in await index.summaries() if summary.matches(words))
+
+        results.append(summarize("search_cold", await measure_async(lambda: search(SearchIndex(store)), runs(5)),
+                                 f"{len(fx.published)} published packages, each read"))
+        warm = SearchIndex(store)
+        await search(warm)
+        results.append(summarize("search_warm", await measure_async(lambda: search(warm), runs(50)),
+                                 "summaries kept: one listing of the names"))
 
         # Invalidation delay.
         results.append(await invalidation(fx.cache, fx.pub, fx.names, rnd, runs(40), polling=False))
