@@ -47,7 +47,9 @@ object storage, replicas on other hosts will need a change feed or
 revalidation through the store itself; this counter then stays a mere
 optimisation among the workers of one host. The watcher also stays, for
 changes made by other programs (an operator's ``rm -rf``, a restore, the
-``overlaystore`` CLI), which do not bump counters.
+``overlaystore`` CLI), which do not bump counters: with several workers it
+runs once, in the supervisor, and bumps the counters of what it reports
+(``server.worker_watch``).
 """
 
 from __future__ import annotations
@@ -152,6 +154,15 @@ class ChangeCounters:
     def bump_slot(self, slot: int) -> int:
         if not 0 <= slot < self._slots:
             raise IndexError(f"slot {slot} out of range")
+        return self._bump(slot, slot + 1)
+
+    def bump_all(self) -> None:
+        """Increment every slot (one lock over the whole file): the next
+        hit of every reader, in every process, on any name is a miss. What a
+        watcher reset means to processes that learn of changes only here."""
+        self._bump(0, self._slots)
+
+    def _bump(self, first: int, end: int) -> int:
         with _process_lock:
             try:
                 reset = self._check_locked()
@@ -160,13 +171,14 @@ class ChangeCounters:
                 reset = False
             words = self._words
             assert words is not None
-            offset = slot * SLOT_BYTES
-            fcntl.lockf(self._fd, fcntl.LOCK_EX, SLOT_BYTES, offset, os.SEEK_SET)
+            offset, length = first * SLOT_BYTES, (end - first) * SLOT_BYTES
+            fcntl.lockf(self._fd, fcntl.LOCK_EX, length, offset, os.SEEK_SET)
             try:
-                value = words[slot] + 1 if words[slot] < _MAX else 1
-                words[slot] = value
+                for slot in range(first, end):
+                    value = words[slot] + 1 if words[slot] < _MAX else 1
+                    words[slot] = value
             finally:
-                fcntl.lockf(self._fd, fcntl.LOCK_UN, SLOT_BYTES, offset, os.SEEK_SET)
+                fcntl.lockf(self._fd, fcntl.LOCK_UN, length, offset, os.SEEK_SET)
         if reset:
             self._reset()
         return value

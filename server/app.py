@@ -127,7 +127,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[TARBALLS] = tarballs
     app[DOCUMENTS] = Documents(store, view, source, config.policy)
     watchers: list[Watcher] = []
-    if config.watch.enabled:
+    # Several workers: the supervisor watches for all of them, through the
+    # change counters (server.worker_watch).
+    if config.watch.enabled and changes is None:
         echoes = CacheEchoes(config.storage.cache)
         store.subscribe_cache_writes(echoes.wrote)
 

@@ -23,6 +23,9 @@
   the first signal only (a terminal's Ctrl-C reaches every process of the
   group *and* is forwarded by the parent); a worker whose parent vanished
   (SIGKILL) shuts itself down within :data:`PARENT_CHECK_S`.
+* **Watching.** The supervisor runs the store watchers, once for all
+  workers, and reports what they see through the change counters below
+  (:mod:`server.worker_watch`); workers run none.
 * **Metrics.** ``GET /-/metrics`` on any worker answers every worker's
   series, labelled ``worker`` (:mod:`server.worker_metrics`).
 * **Coherence.** Each worker keeps its own composed LRU. A write bumps the
@@ -61,6 +64,7 @@ from .config import Config
 from .keys import METRICS, WORKER, WORKER_HEADER, WORKER_METRICS
 from .serving import SHUTDOWN_TIMEOUT_S, new_event_loop, serve
 from .worker_metrics import WorkerMetrics
+from .worker_watch import WorkerWatch
 
 log = logging.getLogger("overlaystore.server")
 
@@ -177,6 +181,7 @@ class _Supervisor:
         self._processes: list[BaseProcess] = []
         self._stopping_since: float | None = None
         self._failed = False
+        self._watch: WorkerWatch | None = None
 
     def signal(self, signum: int, _frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
@@ -200,6 +205,8 @@ class _Supervisor:
         try:
             return self._run(metrics_dir)
         finally:
+            if self._watch is not None:
+                self._watch.stop()
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
     def _run(self, metrics_dir: Path) -> int:
@@ -234,6 +241,9 @@ class _Supervisor:
                     if len(pids) == count and self._stopping_since is None:
                         log.info("%s, %d workers (pids %s)", describe(config), count,
                                  ", ".join(str(pids[i]) for i in sorted(pids)))
+                        if config.watch.enabled:  # the stores exist now: the workers opened them
+                            self._watch = WorkerWatch(config)
+                            self._watch.start()
             for index, process in enumerate(self._processes, 1):
                 if index not in handled and process.exitcode is not None:
                     handled.add(index)

@@ -96,6 +96,16 @@ BUMPER = textwrap.dedent(
 )
 
 
+def test_bump_all_moves_every_slot_seen_by_every_instance(root: Path) -> None:
+    a, b = names_in_distinct_slots(2)
+    with ChangeCounters.for_store(root, slots=16) as writer, ChangeCounters.for_store(root, slots=16) as reader:
+        writer.bump(a)
+        before = [reader.read_slot(slot) for slot in range(16)]
+        writer.bump_all()
+        assert [reader.read_slot(slot) for slot in range(16)] == [v + 1 for v in before]
+        assert writer.bump(b) == before[writer.slot(b)] + 2  # bumps go on from there
+
+
 def test_bumps_from_two_processes_are_never_lost(root: Path, tmp_path: Path) -> None:
     path = counters_path(root)
     ChangeCounters(path).close()

@@ -195,6 +195,50 @@ def test_npm_publish_then_install(workers_server: WorkersServer, tmp_path: Path)
         assert installed["version"] == version
 
 
+def _children_running(parent: int, marker: bytes) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rpartition(")")[2].split()[1]) == parent and marker in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def test_one_watcher_for_all_workers_reports_an_operators_edit(workers_server: WorkersServer) -> None:
+    """The supervisor watches the stores once (two watch children, not two
+    per worker), and what it sees reaches every worker's LRU."""
+    srv = workers_server
+    assert srv.proc is not None
+    assert len(_children_running(srv.proc.pid, b"watch_child")) == 2
+    assert all(not _children_running(pid, b"watch_child") for pid in srv.pids)
+    token = srv.adduser("operator-edit")
+    name = "hand-edited"
+    status, _, body = srv.request("PUT", f"/{name}", publish_body(name, "1.0.0"), {"Authorization": f"Bearer {token}"})
+    assert status == 201, body
+    time.sleep(0.1)  # the watchers' report of the publish itself
+    srv.warm(name)
+    # An operator's edit by hand (atomic replace), which no worker makes.
+    meta_path = srv.root / "published" / name / "package-meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["dist-tags"]["beta"] = "1.0.0"
+    temp = meta_path.with_name(".edit.json")
+    temp.write_text(json.dumps(meta))
+    os.replace(temp, meta_path)
+    seen: set[str] = set()
+    deadline = time.monotonic() + 10
+    while len(seen) < WORKERS:
+        assert time.monotonic() < deadline, f"only workers {seen} saw the edit"
+        status, headers, body = srv.request("GET", f"/{name}")
+        if json.loads(body)["dist-tags"].get("beta") == "1.0.0":
+            seen.add(headers["x-overlaystore-worker"])
+        else:
+            time.sleep(0.01)
+
+
 def test_any_worker_answers_every_workers_metrics(workers_server: WorkersServer) -> None:
     srv = workers_server
     name = "metrics-probe"
