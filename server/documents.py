@@ -144,14 +144,19 @@ class Documents:
         """The serialized manifest of version or dist-tag ``spec``, as it
         appears in the full packument served now (tarball URL rewritten)."""
         rendered, _ = await self.rendered(name, Variant.FULL, public_url)
-        key = (name, public_url, spec)
-        held = self._manifests.get(key)
-        if held is not None and held[0] == rendered.etag:
-            return held[1]
+        held = self.held_manifest(name, spec, public_url, rendered.etag)
+        if held is not None:
+            return held
         body = orjson.dumps(version_manifest(orjson.loads(rendered.body), spec))
         with contextlib.suppress(ValueError):  # larger than the whole cache: not kept
-            self._manifests[key] = (rendered.etag, body)
+            self._manifests[(name, public_url, spec)] = (rendered.etag, body)
         return body
+
+    def held_manifest(self, name: PackageName, spec: str, public_url: str, etag: str) -> bytes | None:
+        """What :meth:`manifest` last answered for ``spec``, if it was cut
+        from the full packument whose ETag is ``etag`` (the hit path's check)."""
+        held = self._manifests.get((name, public_url, spec))
+        return held[1] if held is not None and held[0] == etag else None
 
     async def _compose(self, name: PackageName) -> tuple[Composed, Generation]:
         generation = self._view.generation(name)

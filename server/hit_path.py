@@ -9,13 +9,15 @@ the rate of small requests (benchmarks/README.md).
 
 Every connection starts on :class:`HitPathProtocol`. Each complete request
 head is parsed (httptools). :class:`HitPath` answers a GET or HEAD of a
-packument or a tarball, by any spelling of its route, when the LRU holds it
-and the requester may read it anonymously or with a valid token, provided
-the request has no body and no query string and is HTTP/1.1. It sends the
-headers and bytes the aiohttp handlers send
-(:func:`server.packuments.packument_headers`,
-:func:`server.tarballs.memory_headers`), and counts and logs the request
-the same way.
+packument or a tarball, by any spelling of its route, when the LRU holds it,
+or of one version's manifest (``/<name>/<version-or-tag>``) when the
+packument it was cut from is still the one the LRU holds, provided the
+requester may read it anonymously or with a valid token, and the request has
+no body and no query string and is HTTP/1.1. It sends the headers and bytes
+the aiohttp handlers send (:func:`server.packuments.packument_headers`,
+:func:`server.packuments.manifest_headers`,
+:func:`server.tarballs.memory_headers`), and counts and logs the request the
+same way.
 
 Anything else (a miss, another route, a body, a password login, a head the
 parser rejects) hands the connection, with every byte not yet answered, to
@@ -31,6 +33,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from urllib.parse import unquote
 from typing import cast
 
@@ -40,12 +43,13 @@ from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.tcp_helpers import tcp_keepalive
 
+from overlaystore.render import Variant
 from overlaystore.view import TARBALL
 
 from .access_log import log_request
 from .documents import Outcome
-from .keys import AUTH, CONFIG, METRICS, POLICY, VIEW, WORKER, WORKER_HEADER
-from .packuments import body_headers, is_not_modified, packument_headers
+from .keys import AUTH, CONFIG, DOCUMENTS, METRICS, POLICY, VIEW, WORKER, WORKER_HEADER
+from .packuments import body_headers, is_not_modified, manifest_headers, packument_headers
 from .request_info import base_url, etags_of, variant_for
 from .tarballs import MEMORY, memory_headers
 
@@ -60,16 +64,29 @@ SLICE_BYTES = 1024 * 1024
 _NAME_ROUTE = "/{name}"
 _SCOPED_ROUTE = "/@{scope}/{pkg}"
 _TARBALL_SUFFIX = "/-/{filename}"
+_VERSION_SUFFIX = "/{version}"
 _NOT_MODIFIED = "HTTP/1.1 304 Not Modified\r\n"
 _OK = "HTTP/1.1 200 OK\r\n"
 
 
-def parse_target(target: bytes) -> tuple[str, str | None, str] | None:
-    """(package name, tarball filename or None, canonical route) of a
-    request target for a packument (``/name``, ``/@scope%2fname``,
-    ``/@scope%2Fname``, ``/@scope/name``) or a tarball (any of those plus
-    ``/-/<file>.tgz``); None for anything else, a query string included.
-    Nothing is validated further: only what was served is in the LRU."""
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a request target asks for: a packument, a tarball (``filename``)
+    or one version's manifest (``spec``: a version or a dist-tag), and the
+    canonical route aiohttp would match (the metrics label)."""
+
+    name: str
+    route: str
+    filename: str | None = None
+    spec: str | None = None
+
+
+def parse_target(target: bytes) -> Target | None:
+    """The :class:`Target` of a request for a packument (``/name``,
+    ``/@scope%2fname``, ``/@scope%2Fname``, ``/@scope/name``), a tarball (any
+    of those plus ``/-/<file>.tgz``) or a manifest (plus ``/<spec>``); None
+    for anything else, a query string included. Nothing is validated
+    further: only what was served is in the LRU."""
     if not target.startswith(b"/") or b"?" in target or b"#" in target:
         return None
     try:
@@ -79,20 +96,38 @@ def parse_target(target: bytes) -> tuple[str, str | None, str] | None:
     rest, tarball, filename = rest.partition("/-/")
     if tarball and ("/" in filename or "%" in filename or filename.startswith(".") or not filename.endswith(".tgz")):
         return None
-    suffix = _TARBALL_SUFFIX if tarball else ""
-    if not rest.startswith("@"):
-        if not rest or "/" in rest or "%" in rest:
+    if rest.startswith("@"):
+        # The first separator decides the route: "/" (aiohttp's scoped
+        # route) or "%2f" (the "/{name}" route, which decodes it).
+        slash, encoded = rest.find("/"), rest.replace("%2F", "%2f").find("%2f")
+        if slash != -1 and (encoded == -1 or slash < encoded):
+            at, width, route = slash, 1, _SCOPED_ROUTE
+        elif encoded != -1:
+            at, width, route = encoded, 3, _NAME_ROUTE
+        else:
             return None
-        return rest, filename or None, _NAME_ROUTE + suffix
-    if "/" in rest:
-        scope, _, base = rest.partition("/")
-        if not base or "/" in base or "%" in rest:
+        scope, (base, *tail) = rest[:at], rest[at + width :].split("/")
+        name = f"{scope}/{base}"
+        if len(scope) < 2 or not base:
             return None
-        return rest, filename or None, _SCOPED_ROUTE + suffix
-    scope, sep, base = rest.replace("%2F", "%2f").partition("%2f")
-    if not sep or not base or "%" in scope or "%" in base:
+    else:
+        (name, *tail), route = rest.split("/"), _NAME_ROUTE
+        if not name or name.startswith(("-", ".")):
+            return None
+    if "%" in name or any("%" in part for part in tail):
         return None
-    return f"{scope}/{base}", filename or None, _NAME_ROUTE + suffix
+    if len(tail) > 1 or (tail and (tarball or not tail[0])):
+        return None
+    if tarball:
+        return Target(name, route + _TARBALL_SUFFIX, filename=filename)
+    if tail:
+        return Target(name, route + _VERSION_SUFFIX, spec=tail[0])
+    return Target(name, route)
+
+
+def _etags(headers: dict[bytes, bytes]) -> set[str]:
+    if_none_match = headers.get(b"if-none-match")
+    return etags_of(if_none_match.decode("latin-1")) if if_none_match is not None else set()
 
 
 class HitPath:
@@ -101,6 +136,7 @@ class HitPath:
     def __init__(self, app: web.Application) -> None:
         config = app[CONFIG]
         self._view = app[VIEW]
+        self._documents = app[DOCUMENTS]
         self._policy = app[POLICY]
         self._auth = app[AUTH]
         self._metrics = app[METRICS]
@@ -113,9 +149,9 @@ class HitPath:
     def answer(
         self, method: bytes, target: bytes, headers: dict[bytes, bytes], remote: str | None, *, close: bool = False
     ) -> tuple[bytes, bytes] | None:
-        """The response head and body to a GET or HEAD of a packument or a
-        tarball that the LRU holds and the requester may read; None to leave
-        the request to aiohttp. ``close``: the client asked to close the
+        """The response head and body to a GET or HEAD of a packument, a
+        tarball or a manifest that the LRU holds and the requester may read;
+        None to leave the request to aiohttp. ``close``: the client asked to close the
         connection after this one."""
         started = time.perf_counter()
         if method != b"GET" and method != b"HEAD":
@@ -123,32 +159,37 @@ class HitPath:
         found = parse_target(target)
         if found is None:
             return None
-        name, filename, route = found
-        if filename is None:
+        name, route = found.name, found.route
+        if found.filename is not None:
+            held = self._view.get(name, TARBALL, found.filename, count_miss=False)
+        else:
             public_url = self._public_url or self._base_url(headers)
             if public_url is None:
                 return None
-            variant = variant_for(headers.get(b"accept", b"").decode("latin-1"))
+            variant = Variant.FULL if found.spec is not None else variant_for(
+                headers.get(b"accept", b"").decode("latin-1"))
             held = self._view.get(name, variant, public_url, count_miss=False)
-        else:
-            held = self._view.get(name, TARBALL, filename, count_miss=False)
         if held is None or not self._may_read(name, headers.get(b"authorization"), remote):
             return None
-        if_none_match = headers.get(b"if-none-match")
-        etags = etags_of(if_none_match.decode("latin-1")) if if_none_match is not None else set()
-        if filename is None:
+        if found.spec is not None:
+            # A manifest cut from this very packument before (by aiohttp's handler).
+            manifest = self._documents.held_manifest(name, found.spec, public_url, held.etag)
+            if manifest is None:
+                return None
+            fields, fresh, body, outcome = manifest_headers(), False, manifest, None
+        elif found.filename is not None:
+            fields = memory_headers(held)
+            fresh = held.etag in _etags(headers)
+            body = held.body
+            outcome: str | None = MEMORY
+        else:
             gzipped = b"gzip" in headers.get(b"accept-encoding", b"")
             fields = packument_headers(held, gzipped, Outcome.HIT)
-            fresh = is_not_modified(etags, held)
+            fresh = is_not_modified(_etags(headers), held)
             if not fresh:
                 body_headers(fields, variant, gzipped)
             body = held.gzip if gzipped else held.body
             outcome = Outcome.HIT.value
-        else:
-            fields = memory_headers(held)
-            fresh = held.etag in etags
-            body = held.body
-            outcome = MEMORY
         if fresh:
             status, status_line, body = 304, _NOT_MODIFIED, b""
         else:
@@ -168,7 +209,7 @@ class HitPath:
         self._metrics.record(route, method_name, status, seconds, outcome)
         if self._access_log is not None:
             log_request(self._access_log, method_name, unquote(target.decode("ascii")), status, len(body), seconds,
-                        outcome)
+                        outcome or "-")
         return head, body
 
     def _base_url(self, headers: dict[bytes, bytes]) -> str | None:

@@ -87,4 +87,9 @@ async def get_version(request: web.Request) -> web.Response:
     name = package_name(request)
     await require_read(request, name)
     body = await request.app[DOCUMENTS].manifest(name, request.match_info["version"], public_url(request))
-    return web.Response(body=body, content_type="application/json", headers={"Cache-Control": _CACHE_CONTROL})
+    return web.Response(body=body, headers=manifest_headers())
+
+
+def manifest_headers() -> dict[str, str]:
+    """The headers of a manifest answer, from aiohttp or the hit path."""
+    return {"Content-Type": "application/json", "Cache-Control": _CACHE_CONTROL}

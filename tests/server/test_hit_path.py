@@ -16,7 +16,7 @@ import server.hit_path as hit_path_module
 import server.serving as serving
 from overlaystore.policy import NamePolicy, PackageRule
 from server.config import ServerConfig
-from server.hit_path import HitPath, parse_target
+from server.hit_path import HitPath, Target, parse_target
 from server.keys import VIEW
 from tests.helpers.hit_path_server import HitPathTestServer
 from tests.npmdata import publish_body
@@ -29,24 +29,38 @@ ABBREVIATED = "application/vnd.npm.install-v1+json"
 @pytest.mark.parametrize(
     ("target", "expected"),
     [
-        (b"/express", ("express", None, "/{name}")),
-        (b"/@types%2fnode", ("@types/node", None, "/{name}")),
-        (b"/@types%2Fnode", ("@types/node", None, "/{name}")),
-        (b"/@types/node", ("@types/node", None, "/@{scope}/{pkg}")),
-        (b"/express/-/express-4.0.0.tgz", ("express", "express-4.0.0.tgz", "/{name}/-/{filename}")),
-        (b"/@types%2fnode/-/node-1.0.0.tgz", ("@types/node", "node-1.0.0.tgz", "/{name}/-/{filename}")),
-        (b"/@types/node/-/node-1.0.0.tgz", ("@types/node", "node-1.0.0.tgz", "/@{scope}/{pkg}/-/{filename}")),
+        (b"/express", Target("express", "/{name}")),
+        (b"/@types%2fnode", Target("@types/node", "/{name}")),
+        (b"/@types%2Fnode", Target("@types/node", "/{name}")),
+        (b"/@types/node", Target("@types/node", "/@{scope}/{pkg}")),
+        (b"/express/-/express-4.0.0.tgz", Target("express", "/{name}/-/{filename}", filename="express-4.0.0.tgz")),
+        (b"/@types%2fnode/-/node-1.0.0.tgz",
+         Target("@types/node", "/{name}/-/{filename}", filename="node-1.0.0.tgz")),
+        (b"/@types/node/-/node-1.0.0.tgz",
+         Target("@types/node", "/@{scope}/{pkg}/-/{filename}", filename="node-1.0.0.tgz")),
+        (b"/express/4.0.0", Target("express", "/{name}/{version}", spec="4.0.0")),
+        (b"/express/latest", Target("express", "/{name}/{version}", spec="latest")),
+        (b"/@types/node/1.0.0", Target("@types/node", "/@{scope}/{pkg}/{version}", spec="1.0.0")),
+        (b"/@types%2fnode/1.0.0", Target("@types/node", "/{name}/{version}", spec="1.0.0")),
         (b"/express?write=true", None),
-        (b"/express/4.0.0", None),
         (b"/express/-/express-4.0.0.tar", None),
         (b"/express/-/.tgz", None),
         (b"/express/-/a/b.tgz", None),
         (b"/express/-/a%2fb.tgz", None),
         (b"/express/-/express-4.0.0.tgz/-rev/1", None),
-        (b"/@types/node/1.0.0", None),
+        (b"/express/-rev/1", None),
+        (b"/express/1.0.0/x", None),
+        (b"/express/1.0.0%2b1", None),
+        (b"/express/", None),
+        (b"/@types/node/1.0.0/x", None),
+        (b"/@types/node%2f1.0.0", None),  # aiohttp: the scoped route, package "node/1.0.0"
         (b"/@types%2fnode%2fx", None),
         (b"/@types%2f", None),
         (b"/@types/", None),
+        (b"/@types", None),
+        (b"/@/node", None),
+        (b"/-/ping", None),
+        (b"/-/v1/search", None),
         (b"/ex%70ress", None),
         (b"/", None),
         (b"express", None),
@@ -54,7 +68,7 @@ ABBREVIATED = "application/vnd.npm.install-v1+json"
         (b"/caf\xc3\xa9", None),
     ],
 )
-def test_parse_target(target: bytes, expected: tuple[str, str | None, str] | None) -> None:
+def test_parse_target(target: bytes, expected: Target | None) -> None:
     assert parse_target(target) == expected
 
 
@@ -186,6 +200,41 @@ async def test_a_tarball_held_in_memory_is_answered_as_aiohttp_answers_it(
     (stale,) = await exchange(registry, request(target, headers={"If-None-Match": '"other"'}))
     assert (fresh.status, stale.status) == (304, 200)
     assert answers.answered == 3
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("target", ["/@acme%2fwidget/1.0.0", "/@acme/widget/1.0.0", "/@acme%2Fwidget/latest"])
+async def test_a_manifest_is_answered_as_aiohttp_answers_it(
+    registry: Registry, answers: Answers, method: str, target: str
+) -> None:
+    await publish(registry, "@acme/widget")
+    (first,) = await exchange(registry, request(target))  # aiohttp cuts it from the packument, and keeps it
+    assert first.status == 200 and answers.answered == 0
+    (fast,) = await exchange(registry, request(target, method=method), method=method)
+    (slow,) = await exchange(registry, request(target + "?via=aiohttp", method=method), method=method)
+    assert answers.answered == 1
+    assert fast.status == slow.status == 200
+    assert fast.body == slow.body == (first.body if method == "GET" else b"")
+    fast.headers.pop("date"), slow.headers.pop("date")
+    assert fast.headers == slow.headers
+    assert fast.headers["content-type"] == "application/json" and int(fast.headers["content-length"]) > 0
+
+
+async def test_a_manifest_follows_a_publish(registry: Registry, answers: Answers) -> None:
+    await publish(registry, "widget")
+    for _ in range(2):  # aiohttp, then the hit path
+        (answer,) = await exchange(registry, request("/widget/latest"))
+        assert json.loads(answer.body)["version"] == "1.0.0"
+    assert answers.answered == 1
+    body = json.dumps(publish_body("widget", "2.0.0")).encode()
+    resp = await registry.client.put("/widget", data=io.BytesIO(body),
+                                     headers={**registry.auth("alice"), "Content-Type": "application/json"})
+    assert resp.status == 201
+    (answer,) = await exchange(registry, request("/widget/latest"))
+    assert json.loads(answer.body)["version"] == "2.0.0"
+    (answer,) = await exchange(registry, request("/widget/9.9.9"))  # never cut: aiohttp's 404
+    assert answer.status == 404
+    assert answers.answered == 1
 
 
 @pytest.mark.parametrize("gzipped", [False, True])
