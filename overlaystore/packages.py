@@ -527,6 +527,8 @@ class PackageStore:
                 if default_latest and "latest" not in meta.dist_tags and "latest" not in applied:
                     applied["latest"] = version
                 meta.dist_tags.update(applied)
+                # Publishes since the metadata document (replayed into meta.rev).
+                unfolded = meta.rev - (pkg.meta.rev if pkg.meta is not None else 0)
                 meta.rev += 1
                 meta.modified = now
                 # The version file records the tags this publish set and the
@@ -535,7 +537,7 @@ class PackageStore:
                 # replay what is newer than it (see _Package.unfolded). It is
                 # written when it holds what the version file cannot say, and
                 # every ``fold_after`` publishes, which bounds that replay.
-                write_meta = first or published_at is not None or len(pkg.unfolded()) >= self._fold_after
+                write_meta = first or published_at is not None or unfolded >= self._fold_after
                 doc: JSONObject = {"time": stamp, "rev": meta.rev, "dist-tags": applied, "manifest": manifest}
                 doc_json = b"".join((
                     b'{"time":', orjson.dumps(stamp), b',"rev":', str(meta.rev).encode(),

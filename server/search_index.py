@@ -34,7 +34,7 @@ class Summary:
     stamp: int  # the name's change counter when it was read (0 with one worker)
 
     def matches(self, words: Iterable[str]) -> bool:
-        return self.entry is not None and all(word in self.text for word in words)
+        return all(word in self.text for word in words)
 
 
 def summarize(fragment: PublishedFragment, stamp: int = 0) -> Summary:

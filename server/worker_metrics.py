@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import orjson
 from prometheus_client import CollectorRegistry
@@ -57,18 +57,21 @@ def load(raw: bytes, worker: int) -> list[Metric]:
     """The families of :func:`dump`, every sample labelled ``worker``.
     Raises ValueError for bytes that are not such a dump (a worker that
     died while writing)."""
-    families: list[Metric] = []
-    label = str(worker)
     try:
-        for name, documentation, kind, unit, samples in orjson.loads(raw):
-            family = Metric(name, documentation, kind, unit)
-            for sample, labels, value in samples:
-                # orjson writes NaN as null
-                family.add_sample(sample, {**labels, "worker": label}, float("nan") if value is None else value)
-            families.append(family)
+        return [_labelled(name, documentation, kind, unit, samples, worker)
+                for name, documentation, kind, unit, samples in orjson.loads(raw)]
     except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
         raise ValueError(f"worker {worker} sent no metrics dump") from exc
-    return families
+
+
+def _labelled(name: str, documentation: str, kind: str, unit: str,
+              samples: Iterable[Sequence[Any]], worker: int) -> Metric:
+    family = Metric(name, documentation, kind, unit)
+    label = str(worker)
+    for sample, labels, value, *_ in samples:  # a dump's rows, or prometheus_client's Samples
+        # orjson writes NaN as null
+        family.add_sample(sample, {**labels, "worker": label}, float("nan") if value is None else value)
+    return family
 
 
 class _Families(Collector):
@@ -119,8 +122,9 @@ class WorkerMetrics:
         up = GaugeMetricFamily("overlaystore_worker_scrape_up",
                                "1 if the worker's series are in this scrape, 0 if it did not answer",
                                labels=["worker"])
-        for worker, families in [(self._worker, load(dump(self._metrics.registry), self._worker)),
-                                 *zip(others, answers)]:
+        own = [_labelled(m.name, m.documentation, m.type, m.unit, m.samples, self._worker)
+               for m in self._metrics.registry.collect()]
+        for worker, families in [(self._worker, own), *zip(others, answers)]:
             up.add_metric([str(worker)], 0.0 if families is None else 1.0)
             for family in families or ():
                 if family.name in merged:

@@ -78,8 +78,8 @@ async def _publish(request: web.Request, name: PackageName, body: Mapping[str, A
         # The version file is the commit point, and it records the tags the
         # publish set; only the metadata document is written after it (on a
         # first publish, and now and then to fold tags in). If only that
-        # failed (a full disk), the version is published with its tags: say
-        # so, or the client retries into a 409 without ever learning why.
+        # failed (a full disk), the version is published with its tags: a
+        # 201, or the client would retry into a 409 without learning why.
         after = await store.fragment(name)
         stored = after.versions.get(checked.version) if after is not None else None
         if after is None or stored is None or stored.get("dist") != manifest.get("dist"):

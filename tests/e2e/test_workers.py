@@ -31,6 +31,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.upstream import FakeUpstream
+from tests.helpers.processes import children_running
 from tests.npmdata import publish_body
 
 from .conftest import Cli, Server
@@ -195,26 +196,13 @@ def test_npm_publish_then_install(workers_server: WorkersServer, tmp_path: Path)
         assert installed["version"] == version
 
 
-def _children_running(parent: int, marker: bytes) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            continue
-        if int(stat.rpartition(")")[2].split()[1]) == parent and marker in cmdline:
-            found.append(int(entry))
-    return found
-
-
 def test_one_watcher_for_all_workers_reports_an_operators_edit(workers_server: WorkersServer) -> None:
     """The supervisor watches the stores once (two watch children, not two
     per worker), and what it sees reaches every worker's LRU."""
     srv = workers_server
     assert srv.proc is not None
-    assert len(_children_running(srv.proc.pid, b"watch_child")) == 2
-    assert all(not _children_running(pid, b"watch_child") for pid in srv.pids)
+    assert len(children_running(srv.proc.pid, b"watch_child")) == 2
+    assert all(not children_running(pid, b"watch_child") for pid in srv.pids)
     token = srv.adduser("operator-edit")
     name = "hand-edited"
     status, _, body = srv.request("PUT", f"/{name}", publish_body(name, "1.0.0"), {"Authorization": f"Bearer {token}"})

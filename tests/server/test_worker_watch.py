@@ -18,6 +18,7 @@ import pytest
 from overlaystore.changes import ChangeCounters
 from server.config import WatchConfig
 from server.worker_watch import WorkerWatch
+from tests.helpers.processes import children_running
 
 from .conftest import make_config
 
@@ -29,21 +30,9 @@ def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
-def watch_children() -> set[int]:
+def watch_children() -> list[int]:
     """Our own processes running the watch child script."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rpartition(")")[2].split()[1])
-        if b"watch_child" in cmdline and ppid == os.getpid():
-            found.add(int(entry))
-    return found
+    return children_running(os.getpid(), b"watch_child")
 
 
 @pytest.fixture
