@@ -18,7 +18,15 @@ def _peers(argv: Sequence[str]) -> int:
     return main(argv)
 
 
-BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {"lookup": _lookup, "peers": _peers}
+def _publish_floor(argv: Sequence[str]) -> int:
+    from benchmarks.publish_floor import main
+
+    return main(argv)
+
+
+BENCHMARKS: dict[str, Callable[[Sequence[str]], int]] = {
+    "lookup": _lookup, "peers": _peers, "publish-floor": _publish_floor,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
