@@ -27,6 +27,7 @@ from aiohttp import web
 
 from overlaystore.errors import Conflict, InvalidInput, NotFound
 
+from .access import require_user
 from .auth import Identity, identity
 from .errors import Forbidden, Unauthenticated
 from .keys import AUTH
@@ -50,13 +51,6 @@ async def _read_object(request: web.Request) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidInput("the request body must be a JSON object")
     return data
-
-
-async def _require_user(request: web.Request) -> Identity:
-    who = await identity(request)
-    if who is None:
-        raise Unauthenticated("you must be logged in to do that (npm login)")
-    return who
 
 
 def _password(body: dict[str, Any]) -> str:
@@ -114,7 +108,7 @@ async def put_user_rev(request: web.Request) -> web.Response:
 async def get_user(request: web.Request) -> web.Response:
     """A user's public record (``npm owner add`` reads name and email).
     Only for logged-in users: emails are not for anonymous eyes."""
-    await _require_user(request)
+    await require_user(request)
     auth = request.app[AUTH]
     user = request.match_info["user"]
     if not auth.user_exists(user):
@@ -132,7 +126,7 @@ async def web_login(request: web.Request) -> web.Response:
 
 
 async def whoami(request: web.Request) -> web.Response:
-    who = await _require_user(request)
+    who = await require_user(request)
     return _json({"username": who.name})
 
 
@@ -144,7 +138,7 @@ async def logout(request: web.Request) -> web.Response:
 
 
 async def list_tokens(request: web.Request) -> web.Response:
-    who = await _require_user(request)
+    who = await require_user(request)
     objects = [record.public() for record in request.app[AUTH].list_tokens(who.name)]
     # npm follows urls.next and crashes without "urls".
     return _json({"objects": objects, "total": len(objects), "urls": {}})
@@ -165,7 +159,7 @@ def _expires_days(value: object) -> int | None:
 
 async def create_token(request: web.Request) -> web.Response:
     """``npm token create``: needs the password again; the secret is in this reply only."""
-    who = await _require_user(request)
+    who = await require_user(request)
     if who.readonly:
         raise Forbidden("a read-only token cannot create tokens")
     body = await _read_object(request)
@@ -197,7 +191,7 @@ async def create_token(request: web.Request) -> web.Response:
 
 async def delete_token(request: web.Request) -> web.Response:
     """``npm token revoke <key>``: the caller's own tokens only."""
-    who = await _require_user(request)
+    who = await require_user(request)
     await request.app[AUTH].revoke_token(who.name, request.match_info["key"])
     return web.Response(status=204, headers={"Cache-Control": "no-store"})
 

@@ -22,7 +22,7 @@ from overlaystore.packages import PackageStore
 from overlaystore.view import ComposedView
 from overlaystore.watch import Watcher
 
-from . import accounts, cache_admin, health, metrics
+from . import accounts, cache_admin, health, metrics, profile
 from .allocator import tune_allocator
 from .auth import Authenticator
 from .config import Config
@@ -39,6 +39,7 @@ from .refresh import UpstreamSource
 from .search import search
 from .search_index import SearchIndex
 from .serving import serve
+from .stars import starred_by_user
 from .tarball_proxy import TarballProxy
 from .tarballs import get_tarball
 from .upstream import UpstreamClient
@@ -71,11 +72,13 @@ def add_routes(router: web.UrlDispatcher) -> None:
     taken for a package, and the literal ``/@scope/name`` spellings before
     ``/<name>/<version>``."""
     accounts.register(router)
+    profile.register(router)  # /-/npm/v1/user
     router.add_get("/-/ping", ping)
     metrics.register(router)  # /-/metrics
     health.register(router)  # /-/overlaystore/ready
     cache_admin.register(router)  # /-/overlaystore/cache...
     router.add_get("/-/v1/search", search)
+    router.add_get("/-/_view/starredByUser", starred_by_user)
     router.add_post("/-/npm/v1/security/advisories/bulk", audit_bulk)
     for prefix in ("/-/package/@{scope}/{pkg}", "/-/package/{name}"):
         router.add_get(prefix + "/dist-tags", list_tags)

@@ -349,6 +349,9 @@ class Authenticator:
     def user_names(self) -> list[str]:
         return sorted(self._current_users().users)
 
+    def user(self, name: str) -> UserEntry | None:
+        return self._current_users().users.get(name)
+
     async def add_user(self, name: str, password: str, email: str | None) -> Identity:
         """Create a user. Raises :class:`InvalidInput` for a bad name, email or
         password and :class:`Conflict` if the user exists."""
@@ -380,6 +383,30 @@ class Authenticator:
 
         self._update_users(change)
         log.info("password of user %r changed", name)
+
+    async def change_password(self, name: str, old: str, new: str, *, remote: str | None) -> None:
+        """A user's own password change. ``old`` is checked as a login is
+        (rate limit included: :class:`Unauthenticated`, :class:`TooManyRequests`);
+        :class:`InvalidInput` for a ``new`` one that cannot be a password.
+        Tokens stay valid, as with :meth:`set_password`."""
+        validate_password(new)
+        await self._password_identity(name, old, remote)
+        await asyncio.to_thread(self.set_password, name, new)
+
+    async def set_email(self, name: str, email: str | None) -> None:
+        """Replace a user's email (None or "": none). Raises :class:`InvalidInput`
+        for a malformed one and :class:`NotFound`."""
+        email = validate_email(email)
+
+        def change(users: Htpasswd) -> tuple[Htpasswd, None]:
+            entry = users.users.get(name)
+            if entry is None:
+                raise NotFound(f"no user named {name}")
+            if entry.email == email:
+                return users, None
+            return users.with_user(UserEntry(name, entry.hash, entry.comment, email)), None
+
+        await asyncio.to_thread(self._update_users, change)
 
     def remove_user(self, name: str) -> None:
         """Delete a user and revoke all of their tokens. Raises :class:`NotFound`."""

@@ -1,5 +1,5 @@
-"""What ``GET /-/v1/search`` knows of each published package, kept between
-searches.
+"""What ``GET /-/v1/search`` and ``npm stars`` know of each published
+package, kept between requests.
 
 A search matches every published package's latest version, and reading a
 package from the store costs a directory listing and a thread hop: per search
@@ -27,21 +27,24 @@ from overlaystore.packages import PackageStore
 @dataclass(frozen=True, slots=True)
 class Summary:
     """A package as search sees it: its entry (None when it has no live
-    ``latest``) and the lowercased text of its name, description and keywords."""
+    ``latest``) and the lowercased text of its name, description and
+    keywords; and who starred it (nobody, once no version is live)."""
 
     entry: dict[str, Any] | None
     text: str
     stamp: int  # the name's change counter when it was read (0 with one worker)
+    starred_by: frozenset[str] = frozenset()
 
     def matches(self, words: Iterable[str]) -> bool:
         return all(word in self.text for word in words)
 
 
 def summarize(fragment: PublishedFragment, stamp: int = 0) -> Summary:
+    starred_by = frozenset(u for u, starred in fragment.users.items() if starred and fragment.versions)
     latest = fragment.dist_tags.get("latest")
     manifest = fragment.versions.get(latest or "")
     if manifest is None:
-        return Summary(None, "", stamp)
+        return Summary(None, "", stamp, starred_by)
     keywords = manifest.get("keywords")
     keywords = [str(k) for k in keywords] if isinstance(keywords, list) else []
     npm_user = manifest.get("_npmUser") or {}
@@ -62,7 +65,7 @@ def summarize(fragment: PublishedFragment, stamp: int = 0) -> Summary:
         "searchScore": 1.0,
     }
     text = " ".join([fragment.name, str(manifest.get("description", "")), *keywords]).lower()
-    return Summary(entry, text, stamp)
+    return Summary(entry, text, stamp, starred_by)
 
 
 class SearchIndex:

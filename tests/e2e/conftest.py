@@ -25,6 +25,7 @@ from tests.fakes.upstream import FakeUpstream
 ROOT = Path(__file__).resolve().parents[2]
 PNPM = ROOT / ".tools" / "node_modules" / ".bin" / "pnpm"
 YARN = ROOT / ".tools" / "node_modules" / ".bin" / "yarn"  # yarn 1 (classic)
+YARN4 = ROOT / ".tools" / "yarn4" / "node_modules" / ".bin" / "yarn"  # yarn 4 (berry)
 
 pytestmark = pytest.mark.e2e
 
@@ -146,7 +147,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, upstream: FakeUpstream) -> 
 
 @dataclass
 class Cli:
-    """npm / pnpm / yarn 1 with a private userconfig and cache, pointed at the server."""
+    """npm / pnpm / yarn 1 / yarn 4 with a private userconfig and cache, pointed at the server."""
 
     home: Path
     registry: str
@@ -176,10 +177,11 @@ class Cli:
         }
 
     def run(self, tool: str, *args: str, cwd: Path | None = None, input: str | None = None,
-            check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        exe = {"pnpm": str(PNPM), "yarn": str(YARN)}.get(tool) or shutil.which(tool) or tool
+            check: bool = True, timeout: float = 180,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        exe = {"pnpm": str(PNPM), "yarn": str(YARN), "yarn4": str(YARN4)}.get(tool) or shutil.which(tool) or tool
         proc = subprocess.run(
-            [exe, *args], cwd=cwd or self.home, env=self.env(), input=input,
+            [exe, *args], cwd=cwd or self.home, env={**self.env(), **(env or {})}, input=input,
             capture_output=True, text=True, timeout=timeout,
         )
         if check and proc.returncode != 0:
@@ -200,6 +202,26 @@ class Cli:
         # keeps it from asking the internet whether it is up to date.
         (self.home / ".yarnrc").write_text("disable-self-update-check true\n")
         return self.run("yarn", "--non-interactive", "--no-progress", *args, **kw)
+
+    def yarn4(self, *args: str, **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+        # yarn 4 reads no .npmrc: the registry and the token (the one npm
+        # logged in with) come from its environment settings, as in CI.
+        token = "".join(line.split("_authToken=", 1)[1] for line in self.npmrc.read_text().splitlines()
+                        if "_authToken=" in line)
+        settings = {
+            "YARN_NPM_REGISTRY_SERVER": self.registry,
+            "YARN_UNSAFE_HTTP_WHITELIST": "127.0.0.1",
+            "YARN_NPM_AUTH_TOKEN": token,
+            "YARN_ENABLE_TELEMETRY": "0",
+            "YARN_ENABLE_GLOBAL_CACHE": "0",
+            "YARN_CACHE_FOLDER": str(self.home / "yarn4-cache"),
+            "YARN_GLOBAL_FOLDER": str(self.home / "yarn4-global"),
+            "YARN_NODE_LINKER": "node-modules",
+            "YARN_ENABLE_IMMUTABLE_INSTALLS": "0",  # else on under CI=true, and a first install fails
+            "YARN_ENABLE_PROGRESS_BARS": "0",
+            "YARN_ENABLE_COLORS": "0",
+        }
+        return self.run("yarn4", *args, env=settings, **kw)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The real npm CLI (and pnpm, and yarn 1) against the real server process and
+"""The real npm CLI (and pnpm, yarn 1 and yarn 4) against the real server process and
 the fake upstream: the workflows a team runs every day, in order."""
 
 from __future__ import annotations
@@ -232,3 +232,95 @@ def test_yarn_publish_then_npm_and_yarn_read_it(alice: Cli, tmp_path: Path) -> N
     alice.yarn("install", cwd=project)
     assert installed_version(project, "@acme/from-yarn") == "1.1.0"
 
+
+def yarn4_project(where: Path, deps: dict[str, str]) -> Path:
+    project = make_project(where, deps)
+    (project / "yarn.lock").write_text("")  # marks the project root for yarn 4
+    # Since 4.15 yarn hides versions younger than a day (npmMinimalAgeGate),
+    # which a package published a moment ago is. The README's advice: exempt
+    # your own scope. Upstream packages stay gated, on the times we serve.
+    (project / ".yarnrc.yml").write_text('npmPreapprovedPackages:\n  - "@acme/*"\n')
+    return project
+
+
+def test_yarn4_installs_a_mixed_tree_and_reinstalls_immutably(alice: Cli, server: Server, tmp_path: Path) -> None:
+    alice.npm("publish", cwd=make_package(tmp_path / "p", "@acme/for-berry", "1.0.0", {"is-odd-fake": "^1.0.0"}))
+    project = yarn4_project(tmp_path / "berry-app", {"@acme/for-berry": "^1.0.0", "left-pad": "1.1.0"})
+    alice.yarn4("install", cwd=project)
+    assert installed_version(project, "@acme/for-berry") == "1.0.0"
+    assert installed_version(project, "left-pad") == "1.1.0"
+    assert installed_version(project, "is-number-fake") == "2.1.0"
+    lock = (project / "yarn.lock").read_text()
+    assert '"@acme/for-berry@npm:1.0.0"' in lock and '"is-number-fake@npm:2.1.0"' in lock
+    # a clean checkout: no node_modules, no yarn cache, the lockfile must not change
+    shutil.rmtree(project / "node_modules")
+    shutil.rmtree(alice.home / "yarn4-cache")
+    alice.yarn4("install", "--immutable", cwd=project)
+    assert installed_version(project, "@acme/for-berry") == "1.0.0"
+    assert (project / "yarn.lock").read_text() == lock
+
+
+def test_yarn4_publish_whoami_and_info(alice: Cli, tmp_path: Path) -> None:
+    assert "YN0000: alice\n" in alice.yarn4("npm", "whoami").stdout
+
+    def package(where: Path, version: str) -> Path:
+        made = make_package(where, "@acme/from-berry", version)
+        (made / "yarn.lock").write_text("")
+        alice.yarn4("install", cwd=made)  # yarn 4 publishes only what its lockfile knows
+        return made
+
+    first = package(tmp_path / "bp", "1.0.0")
+    alice.yarn4("npm", "publish", cwd=first)
+    view = json.loads(alice.npm("view", "@acme/from-berry", "--json").stdout)
+    assert view["version"] == "1.0.0" and view["dist-tags"] == {"latest": "1.0.0"}
+    alice.yarn4("npm", "publish", "--tag", "next", cwd=package(tmp_path / "bp2", "2.0.0-rc.1"))
+    info = json.loads(alice.yarn4("npm", "info", "@acme/from-berry", "--fields", "dist-tags,versions", "--json",
+                                  cwd=first).stdout)
+    assert info["dist-tags"] == {"latest": "1.0.0", "next": "2.0.0-rc.1"}
+    assert info["versions"] == ["1.0.0", "2.0.0-rc.1"]
+    # what yarn sent is what yarn installs
+    project = yarn4_project(tmp_path / "berry-app-2", {"@acme/from-berry": "next"})
+    alice.yarn4("install", cwd=project)
+    assert installed_version(project, "@acme/from-berry") == "2.0.0-rc.1"
+
+
+def test_star_unstar_and_stars(alice: Cli, server: Server, tmp_path_factory: pytest.TempPathFactory,
+                               tmp_path: Path) -> None:
+    for name in ("acme-starry", "acme-bright"):
+        alice.npm("publish", cwd=make_package(tmp_path / name, name, "1.0.0"))
+        alice.npm("star", name)
+    assert alice.npm("stars").stdout.split() == ["acme-bright", "acme-starry"]
+    alice.npm("unstar", "acme-bright")
+    # Anyone may list another user's stars, by name.
+    erin = Cli(tmp_path_factory.mktemp("erin"), server.url)
+    erin.npmrc.write_text(f"registry={server.url}/\n")
+    assert erin.npm("stars", "alice").stdout.split() == ["acme-starry"]
+    nothing = erin.npm("stars", "nobody-here")
+    assert nothing.stdout.strip() == "" and "has not starred any packages" in nothing.stderr
+
+
+def test_profile_email_and_password(server: Server, tmp_path_factory: pytest.TempPathFactory) -> None:
+    dave = Cli(tmp_path_factory.mktemp("dave"), server.url)
+    dave.npmrc.write_text(f"registry={server.url}/\n")
+    login(dave, "dave", "dave-password")
+    got = json.loads(dave.npm("profile", "get", "--json").stdout)
+    assert (got["name"], got["email"], got["tfa"]) == ("dave", "dave@example.com", False)
+    assert "Set email to dave@elsewhere.example" in dave.npm("profile", "set", "email", "dave@elsewhere.example").stdout
+    assert "dave@elsewhere.example" in dave.npm("profile", "get").stdout
+    assert "not kept" in dave.npm("profile", "set", "fullname", "Dave D", check=False).stderr
+
+    # `npm profile set password` asks at a TTY: the current password, then the new one twice.
+    child = pexpect.spawn(shutil.which("npm") or "npm", ["profile", "set", "password"],
+                          env=dave.env(), cwd=str(dave.home), encoding="utf-8", timeout=30)
+    for prompt, answer in (("Current password:", "dave-password"), ("New password:", "dave-new-password"),
+                           ("Again:", "dave-new-password")):
+        child.expect(prompt)
+        child.sendline(answer)
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0, child.before
+    # The new password logs in from a fresh machine; the token in use kept working.
+    assert dave.npm("whoami").stdout.strip() == "dave"
+    elsewhere = Cli(tmp_path_factory.mktemp("dave2"), server.url)
+    elsewhere.npmrc.write_text(f"registry={server.url}/\n")
+    login(elsewhere, "dave", "dave-new-password")
