@@ -238,7 +238,10 @@ def _config_check(args: argparse.Namespace) -> int:
     print(f"  listen     {server.host}:{server.port}")
     print(f"  published  {config.storage.published}")
     print(f"  cache      {config.storage.cache}")
-    print(f"  upstream   {config.upstream.url or 'none'}{' (offline)' if config.upstream.offline else ''}")
+    upstream = config.upstream
+    notes = [note for note, on in (("offline", upstream.offline), ("with credentials", upstream.authorization)) if on]
+    detail = f" ({', '.join(notes)})" if notes else ""
+    print(f"  upstream   {upstream.url or 'none'}{detail}")
     print(f"  users      {config.auth.htpasswd}")
     return 0
 

@@ -58,6 +58,10 @@ class UpstreamConfig:
     breaker_reset_s: float = 30.0
     #: Never contact the upstream; serve what the cache has.
     offline: bool = False
+    #: The ``Authorization`` header value ("Bearer …" / "Basic …") sent with
+    #: requests under ``url`` and nowhere else; None: none. Out of reprs, so
+    #: that no log line or traceback shows it.
+    authorization: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,10 +21,14 @@ Invariants:
   configuration names is used (``npm_config_registry``, then ``./.npmrc``,
   ``~/.npmrc``, the global npmrc, and last ``npm config get registry``).
   ``"none"`` (or ``""`` in the file) disables the upstream explicitly.
+* Upstream credentials (``[upstream].token`` / ``basic_auth``) are only ever
+  set explicitly, never read from an ``.npmrc``; they are kept out of reprs,
+  logs and the printed configuration.
 """
 
 from __future__ import annotations
 
+import base64
 import difflib
 import json
 import logging
@@ -211,6 +215,26 @@ def _upstream_url(value: object, key: str, _base: Path) -> str | None:
     return _http_url(value, key)
 
 
+# Header-safe: printable ASCII without spaces (no header injection, no
+# credentials that a proxy would mangle).
+_CREDENTIAL = re.compile(r"[\x21-\x7e]+")
+
+
+def _upstream_token(value: object, key: str, _base: Path) -> str:
+    token = _text(value, key).strip()
+    if not _CREDENTIAL.fullmatch(token):
+        raise ConfigError(key, "expected a token: printable characters without spaces")
+    return f"Bearer {token}"
+
+
+def _upstream_basic_auth(value: object, key: str, _base: Path) -> str:
+    text = _text(value, key).strip()
+    user, colon, password = text.partition(":")
+    if not colon or not user or not password or not _CREDENTIAL.fullmatch(text):
+        raise ConfigError(key, "expected USER:PASSWORD (printable characters without spaces)")
+    return "Basic " + base64.b64encode(text.encode("ascii")).decode("ascii")
+
+
 def _log_level(value: object, key: str, _base: Path) -> str:
     level = _text(value, key).strip().lower()
     if level not in LOG_LEVELS:
@@ -280,6 +304,8 @@ _TABLES: dict[str, dict[str, Setter]] = {
         "breaker_failures": _field("upstream.breaker_failures", _int(1)),
         "breaker_reset": _field("upstream.breaker_reset_s", _duration(positive=True)),
         "offline": _field("upstream.offline", _strict_bool),
+        "token": _field("upstream.authorization", _upstream_token),
+        "basic_auth": _field("upstream.authorization", _upstream_basic_auth),
     },
     "cache": {
         "max_bytes": _field("cache.max_bytes", _size(optional=True)),
@@ -313,6 +339,8 @@ _ENV: dict[str, Setter] = {
     "OVERLAYSTORE_CACHE_STORAGE": _field("storage.cache", _path),
     "OVERLAYSTORE_UPSTREAM": _field("upstream.url", _upstream_url),
     "OVERLAYSTORE_OFFLINE": _field("upstream.offline", _lenient_bool),
+    "OVERLAYSTORE_UPSTREAM_TOKEN": _field("upstream.authorization", _upstream_token),
+    "OVERLAYSTORE_UPSTREAM_BASIC_AUTH": _field("upstream.authorization", _upstream_basic_auth),
     "OVERLAYSTORE_LOG_LEVEL": _field("server.log_level", _log_level),
 }
 
@@ -363,6 +391,8 @@ def _file_settings(doc: Mapping[str, Any], base: Path) -> tuple[Settings, NamePo
         elif key in _TABLES:
             if not isinstance(value, dict):
                 raise ConfigError(key, f"expected a table [{key}], got {_show(value)}")
+            if key == "upstream":
+                _one_credential(value, "[upstream]", "token", "basic_auth")
             schema = _TABLES[key]
             for sub, subvalue in value.items():
                 label = f"[{key}].{sub}"
@@ -374,6 +404,11 @@ def _file_settings(doc: Mapping[str, Any], base: Path) -> tuple[Settings, NamePo
         else:
             raise _unknown(key, (*_TOP, *_TABLES, "packages"))
     return settings, policy
+
+
+def _one_credential(values: Mapping[str, object], where: str, token: str, basic_auth: str) -> None:
+    if all(str(values.get(k) or "").strip() for k in (token, basic_auth)):
+        raise ConfigError(where, f"set {token} or {basic_auth}, not both: the upstream gets one Authorization header")
 
 
 def _principals(value: object, key: str) -> tuple[str, ...]:
@@ -449,6 +484,7 @@ def load_config(
         settings.update(file_settings)
         policy = file_policy or policy
     # An empty environment variable counts as unset (the shell convention).
+    _one_credential(env, "environment", "OVERLAYSTORE_UPSTREAM_TOKEN", "OVERLAYSTORE_UPSTREAM_BASIC_AUTH")
     settings.update(_layer_settings(env, _ENV, str, cwd, skip=lambda v: not str(v).strip()))
     unknown = [k for k in overrides if k not in _OVERRIDES]
     if unknown:
@@ -467,6 +503,7 @@ def load_config(
     _check_separate(settings)
     if "upstream.url" not in settings and discover_upstream:
         settings["upstream.url"] = _discovered_upstream(env, cwd, settings)
+    _warn_about_plain_credentials(settings)
 
     return Config(
         server=_build(ServerConfig, "server", settings),
@@ -546,6 +583,15 @@ def _points_at_self(url: str, settings: Settings) -> bool:
     return theirs == ours
 
 
+def _warn_about_plain_credentials(settings: Settings) -> None:
+    url = settings.get("upstream.url")
+    if not settings.get("upstream.authorization") or not url:
+        return
+    parts = urlsplit(url)
+    if parts.scheme == "http" and (parts.hostname or "") not in ("localhost", "127.0.0.1", "::1"):
+        log.warning("the upstream credentials go to %s over plain http: anyone on the way can read them", url)
+
+
 # ------------------------------------------------------------- printing
 
 
@@ -594,6 +640,9 @@ def config_to_toml(config: Config) -> str:
         if title is not None:
             lines += ["", f"[{title}]"]
         lines += [f"{key} = {_toml_value(value)}" for key, value in items]
+        if title == "upstream" and u.authorization is not None:
+            lines.append("# credentials are set ([upstream].token or basic_auth, or the environment); "
+                         "they are not printed")
     for rule in config.policy.rules:
         lines += ["", "[[packages]]", f"pattern = {_toml_value(rule.pattern)}", f"access = {_toml_value(rule.access)}",
                   f"publish = {_toml_value(rule.publish)}", f"proxy = {_toml_value(rule.proxy.value)}"]

@@ -48,6 +48,7 @@ from .breaker import BreakerState, CircuitBreaker
 from .config import UpstreamConfig
 from .errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from .flight import SingleFlight
+from .upstream_credentials import UpstreamCredentials
 
 log = logging.getLogger("overlaystore.upstream")
 
@@ -170,10 +171,12 @@ class UpstreamClient:
     async def start(self) -> None:
         """Create the pooled session (no-op when offline or without a URL)."""
         if self._session is None and self.enabled:
+            credentials = self.config.authorization
             self._session = aiohttp.ClientSession(
                 headers={hdrs.USER_AGENT: USER_AGENT},
                 connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300),
                 timeout=self._json_timeout,
+                middlewares=(UpstreamCredentials(self._base, credentials),) if credentials else (),
             )
 
     async def close(self) -> None:
@@ -459,7 +462,8 @@ def _raise_for_retry(resp: aiohttp.ClientResponse, url: str) -> None:
 
 def _unexpected(status: int, url: str) -> _Failed:
     """An answer the upstream meant (a 401, a 403): an error, but no sign of ill health."""
-    return _Failed(UpstreamError(f"upstream answered {status} for {url}"), retry=False, breaker=False)
+    hint = " (does it need credentials? [upstream].token or basic_auth)" if status in (401, 403) else ""
+    return _Failed(UpstreamError(f"upstream answered {status} for {url}{hint}"), retry=False, breaker=False)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

@@ -76,6 +76,8 @@ class Server:
     upstream_url: str
     port: int = field(default_factory=_free_port)
     proc: subprocess.Popen[bytes] | None = None
+    #: added to the server's environment (``OVERLAYSTORE_*`` settings)
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -108,7 +110,7 @@ class Server:
             "--cache-storage", str(self.root / "cache"),
             "--upstream", self.upstream_url,
         ]
-        env = {**os.environ, "OVERLAYSTORE_CONFIG": "", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "OVERLAYSTORE_CONFIG": "", "PYTHONUNBUFFERED": "1", **self.env}
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(cmd, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()

@@ -137,6 +137,9 @@ class FakeUpstream:
         self.search_enabled = True
         #: What the bulk audit endpoint answers.
         self.advisories: dict[str, Any] = {}
+        #: When set, a request without exactly this ``Authorization`` is
+        #: answered 401, as a mirror that needs a login does.
+        self.required_authorization: str | None = None
         self.packages: dict[str, FakePackage] = {}
         self.requests: list[RecordedRequest] = []
         self._faults: list[_Fault] = []
@@ -428,6 +431,10 @@ class FakeUpstream:
         delay = self._path_latency.get(path, self.latency)
         if delay:
             await asyncio.sleep(delay)
+        if self.required_authorization is not None and \
+                request.headers.get("Authorization") != self.required_authorization:
+            return web.json_response({"error": "authentication required"}, status=401,
+                                     headers={"WWW-Authenticate": 'Bearer realm="fake"'})
         fault = self._take_fault("status", path)
         if fault is not None:
             return web.json_response({"error": f"injected {fault.status}"}, status=fault.status)

@@ -97,6 +97,15 @@ def test_config_check_ok_and_print(tmp_path: Path, capsys: pytest.CaptureFixture
     assert again.server.workers == 3 and again.cache.max_bytes == 2**30
 
 
+def test_config_check_says_credentials_are_set_without_showing_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OVERLAYSTORE_UPSTREAM_TOKEN", "s3cret-tok")
+    assert main(["config", "check", "--upstream", "https://mirror.test", "--offline"]) == 0
+    out = capsys.readouterr().out
+    assert "upstream   https://mirror.test (offline, with credentials)" in out and "s3cret" not in out
+
+
 def test_config_check_names_the_bad_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "ovs.toml").write_text('[upstream]\ntimeout = "abc"\n')
     assert main(["config", "check", "--config", "ovs.toml"]) == 1

@@ -354,6 +354,52 @@ def test_configured_upstream_skips_discovery(cwd: Path) -> None:
     assert load(env={"npm_config_registry": MIRROR}).upstream.url is None  # discovery off
 
 
+# ------------------------------------------------------------- upstream credentials
+
+
+def test_upstream_token_and_basic_auth_become_one_authorization(cwd: Path, tmp_path: Path) -> None:
+    token = load(write(tmp_path / "t.toml", '[upstream]\nurl = "https://mirror.test"\ntoken = "abc.def-123"\n'))
+    assert token.upstream.authorization == "Bearer abc.def-123"
+    basic = load(write(tmp_path / "b.toml", '[upstream]\nurl = "https://mirror.test"\nbasic_auth = "ci:p@ss:w0rd"\n'))
+    assert basic.upstream.authorization == "Basic Y2k6cEBzczp3MHJk"  # base64("ci:p@ss:w0rd")
+    # The environment overrides the file, as everywhere else.
+    env = load(write(tmp_path / "t2.toml", '[upstream]\ntoken = "from-file"\n'), {"OVERLAYSTORE_UPSTREAM_TOKEN": "from-env"})
+    assert env.upstream.authorization == "Bearer from-env"
+    assert load(env={"OVERLAYSTORE_UPSTREAM_BASIC_AUTH": "u:p"}).upstream.authorization == "Basic dTpw"
+    assert load().upstream.authorization is None
+
+
+@pytest.mark.parametrize(("text", "env", "key", "fragment"), [
+    ('[upstream]\ntoken = "a"\nbasic_auth = "u:p"\n', {}, "[upstream]", "not both"),
+    ("", {"OVERLAYSTORE_UPSTREAM_TOKEN": "a", "OVERLAYSTORE_UPSTREAM_BASIC_AUTH": "u:p"}, "environment", "not both"),
+    ('[upstream]\ntoken = "has space"\n', {}, "[upstream].token", "without spaces"),
+    ('[upstream]\ntoken = "line\\nbreak"\n', {}, "[upstream].token", "without spaces"),
+    ('[upstream]\nbasic_auth = "no-colon"\n', {}, "[upstream].basic_auth", "USER:PASSWORD"),
+    ('[upstream]\nbasic_auth = ":nouser"\n', {}, "[upstream].basic_auth", "USER:PASSWORD"),
+    ("", {"OVERLAYSTORE_UPSTREAM_TOKEN": "bad token"}, "OVERLAYSTORE_UPSTREAM_TOKEN", "without spaces"),
+])
+def test_bad_upstream_credentials_are_config_errors(cwd: Path, tmp_path: Path, text: str, env: dict[str, str],
+                                                     key: str, fragment: str) -> None:
+    error = error_of(write(tmp_path / "c.toml", text), env)
+    assert error.key == key and fragment in error.problem
+
+
+def test_upstream_credentials_are_never_printed_or_shown(cwd: Path, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="overlaystore.config"):
+        config = load(write(tmp_path / "c.toml", '[upstream]\nurl = "http://mirror.test"\ntoken = "s3cret-tok"\n'))
+    assert "plain http" in caplog.text and "s3cret" not in caplog.text
+    assert "s3cret" not in repr(config)
+    printed = config_to_toml(config)
+    assert "s3cret" not in printed and "credentials are set" in printed
+    assert load(write(tmp_path / "again.toml", printed)).upstream.authorization is None
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="overlaystore.config"):
+        load(write(tmp_path / "https.toml", '[upstream]\nurl = "https://mirror.test"\ntoken = "t"\n'))
+        load(write(tmp_path / "local.toml", '[upstream]\nurl = "http://127.0.0.1:9"\ntoken = "t"\n'))
+    assert "plain http" not in caplog.text
+
+
 # ------------------------------------------------------------------ printing
 
 
