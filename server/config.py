@@ -62,6 +62,9 @@ class UpstreamConfig:
     #: requests under ``url`` and nowhere else; None: none. Out of reprs, so
     #: that no log line or traceback shows it.
     authorization: str | None = field(default=None, repr=False)
+    #: The HTTP proxy the upstream is reached through (``http://[user:pass@]host:port``);
+    #: None: directly. Out of reprs: it may carry the proxy's credentials.
+    proxy: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

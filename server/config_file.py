@@ -36,6 +36,7 @@ import math
 import os
 import re
 import tomllib
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -235,6 +236,21 @@ def _upstream_basic_auth(value: object, key: str, _base: Path) -> str:
     return "Basic " + base64.b64encode(text.encode("ascii")).decode("ascii")
 
 
+def _proxy_url(value: object, key: str, _base: Path) -> str | None:
+    """None: no proxy, whatever the environment says."""
+    if isinstance(value, str) and value.strip().lower() in ("", "none"):
+        return None
+    text = _text(value, key).strip()
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/") or parts.query:
+        raise ConfigError(key, "expected a proxy URL like http://proxy.example:3128")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        raise ConfigError(key, "the proxy URL has an invalid port") from None
+    return text.rstrip("/")
+
+
 def _log_level(value: object, key: str, _base: Path) -> str:
     level = _text(value, key).strip().lower()
     if level not in LOG_LEVELS:
@@ -306,6 +322,7 @@ _TABLES: dict[str, dict[str, Setter]] = {
         "offline": _field("upstream.offline", _strict_bool),
         "token": _field("upstream.authorization", _upstream_token),
         "basic_auth": _field("upstream.authorization", _upstream_basic_auth),
+        "proxy": _field("upstream.proxy", _proxy_url),
     },
     "cache": {
         "max_bytes": _field("cache.max_bytes", _size(optional=True)),
@@ -341,6 +358,7 @@ _ENV: dict[str, Setter] = {
     "OVERLAYSTORE_OFFLINE": _field("upstream.offline", _lenient_bool),
     "OVERLAYSTORE_UPSTREAM_TOKEN": _field("upstream.authorization", _upstream_token),
     "OVERLAYSTORE_UPSTREAM_BASIC_AUTH": _field("upstream.authorization", _upstream_basic_auth),
+    "OVERLAYSTORE_UPSTREAM_PROXY": _field("upstream.proxy", _proxy_url),
     "OVERLAYSTORE_LOG_LEVEL": _field("server.log_level", _log_level),
 }
 
@@ -503,6 +521,8 @@ def load_config(
     _check_separate(settings)
     if "upstream.url" not in settings and discover_upstream:
         settings["upstream.url"] = _discovered_upstream(env, cwd, settings)
+    if "upstream.proxy" not in settings:
+        settings["upstream.proxy"] = _environment_proxy(env, settings.get("upstream.url"))
     _warn_about_plain_credentials(settings)
 
     return Config(
@@ -583,12 +603,45 @@ def _points_at_self(url: str, settings: Settings) -> bool:
     return theirs == ours
 
 
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def _environment_proxy(env: Mapping[str, str], url: str | None) -> str | None:
+    """The proxy the usual variables name for ``url`` (``https_proxy`` or
+    ``http_proxy`` by its scheme, lowercase first as curl reads them, unless
+    ``no_proxy`` covers its host). A loopback upstream is always reached
+    directly. A malformed variable is ignored with a warning: it was set for
+    other programs as much as for this one."""
+    parts = urlsplit(url or "")
+    host = parts.hostname or ""
+    if not host or host in _LOOPBACK or host.startswith("127."):
+        return None
+
+    def variable(name: str) -> tuple[str, str] | None:
+        for spelling in (name, name.upper()):
+            if env.get(spelling, "").strip():
+                return spelling, env[spelling].strip()
+        return None
+
+    found = variable(f"{parts.scheme}_proxy")
+    if found is None:
+        return None
+    no_proxy = variable("no_proxy")
+    if no_proxy is not None and urllib.request.proxy_bypass_environment(host, {"no": no_proxy[1]}):
+        return None
+    try:
+        return _proxy_url(found[1], found[0], Path.cwd())
+    except ConfigError as exc:
+        log.warning("ignoring %s: %s; reaching the upstream directly", found[0], exc.problem)
+        return None
+
+
 def _warn_about_plain_credentials(settings: Settings) -> None:
     url = settings.get("upstream.url")
     if not settings.get("upstream.authorization") or not url:
         return
     parts = urlsplit(url)
-    if parts.scheme == "http" and (parts.hostname or "") not in ("localhost", "127.0.0.1", "::1"):
+    if parts.scheme == "http" and (parts.hostname or "") not in _LOOPBACK:
         log.warning("the upstream credentials go to %s over plain http: anyone on the way can read them", url)
 
 
@@ -640,9 +693,14 @@ def config_to_toml(config: Config) -> str:
         if title is not None:
             lines += ["", f"[{title}]"]
         lines += [f"{key} = {_toml_value(value)}" for key, value in items]
-        if title == "upstream" and u.authorization is not None:
-            lines.append("# credentials are set ([upstream].token or basic_auth, or the environment); "
-                         "they are not printed")
+        if title == "upstream":
+            if u.proxy is None or urlsplit(u.proxy).password is None:
+                lines.append(f"proxy = {_toml_value(opt(u.proxy))}")
+            else:
+                lines.append("# a proxy with credentials is set; it is not printed")
+            if u.authorization is not None:
+                lines.append("# credentials are set ([upstream].token or basic_auth, or the environment); "
+                             "they are not printed")
     for rule in config.policy.rules:
         lines += ["", "[[packages]]", f"pattern = {_toml_value(rule.pattern)}", f"access = {_toml_value(rule.access)}",
                   f"publish = {_toml_value(rule.publish)}", f"proxy = {_toml_value(rule.proxy.value)}"]

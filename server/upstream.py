@@ -20,6 +20,9 @@ through here, so the policies live in one place:
   Each attempt counts, so a retry loop stops as soon as the breaker opens.
 * **Offline / no URL.** Nothing is contacted; every call raises
   :class:`UpstreamUnavailable`.
+* **Credentials and proxy.** ``authorization`` goes only to URLs under the
+  upstream's (:mod:`server.upstream_credentials`); ``proxy``, when set,
+  carries every request.
 * **Single-flight.** Concurrent :meth:`fetch_packument` calls with the same
   name and validators share one request.
 
@@ -177,6 +180,7 @@ class UpstreamClient:
                 connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300),
                 timeout=self._json_timeout,
                 middlewares=(UpstreamCredentials(self._base, credentials),) if credentials else (),
+                proxy=self.config.proxy,
             )
 
     async def close(self) -> None:

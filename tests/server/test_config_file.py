@@ -400,6 +400,50 @@ def test_upstream_credentials_are_never_printed_or_shown(cwd: Path, tmp_path: Pa
     assert "plain http" not in caplog.text
 
 
+# ------------------------------------------------------------------ upstream proxy
+
+
+def proxy_for(url: str, env: dict[str, str], text: str = "") -> str | None:
+    path = write(Path.cwd() / "proxy.toml", f'[upstream]\nurl = "{url}"\n{text}')
+    return load(path, env).upstream.proxy
+
+
+@pytest.mark.parametrize(("url", "env", "expected"), [
+    ("https://mirror.test", {"https_proxy": "http://p:3128"}, "http://p:3128"),
+    ("https://mirror.test", {"HTTPS_PROXY": "http://P:3128/"}, "http://P:3128"),
+    ("https://mirror.test", {"https_proxy": "http://lower:1", "HTTPS_PROXY": "http://upper:2"}, "http://lower:1"),
+    ("http://mirror.test", {"https_proxy": "http://p:3128"}, None),  # the scheme picks the variable
+    ("http://mirror.test", {"http_proxy": "http://p:3128"}, "http://p:3128"),
+    ("https://mirror.test", {"https_proxy": "http://p:3128", "no_proxy": ".test"}, None),
+    ("https://mirror.test", {"https_proxy": "http://p:3128", "NO_PROXY": "other.example,mirror.test"}, None),
+    ("https://mirror.test", {"https_proxy": "http://p:3128", "no_proxy": "other.example"}, "http://p:3128"),
+    ("http://127.0.0.1:5999", {"http_proxy": "http://p:3128"}, None),  # loopback: always direct
+    ("http://localhost:5999", {"http_proxy": "http://p:3128"}, None),
+    ("https://mirror.test", {"https_proxy": "not a url"}, None),  # ignored, with a warning
+    ("https://mirror.test", {}, None),
+])
+def test_the_proxy_comes_from_the_usual_variables(cwd: Path, url: str, env: dict[str, str],
+                                                   expected: str | None) -> None:
+    assert proxy_for(url, env) == expected
+
+
+def test_an_explicit_proxy_wins_and_none_means_direct(cwd: Path) -> None:
+    env = {"https_proxy": "http://from-env:1"}
+    assert proxy_for("https://mirror.test", env, 'proxy = "http://from-file:2"\n') == "http://from-file:2"
+    assert proxy_for("https://mirror.test", env, 'proxy = "none"\n') is None
+    assert proxy_for("https://mirror.test", {**env, "OVERLAYSTORE_UPSTREAM_PROXY": "http://ovs:3"}) == "http://ovs:3"
+    error = error_of(write(cwd / "bad.toml", '[upstream]\nproxy = "ftp://p:21"\n'))
+    assert error.key == "[upstream].proxy" and "proxy URL" in error.problem
+
+
+def test_a_proxy_with_credentials_is_not_printed(cwd: Path) -> None:
+    config = load(write(cwd / "p.toml", '[upstream]\nurl = "https://m.test"\nproxy = "http://u:s3cret@p:3128"\n'))
+    assert config.upstream.proxy == "http://u:s3cret@p:3128"
+    assert "s3cret" not in repr(config) and "s3cret" not in config_to_toml(config)
+    plain = load(write(cwd / "q.toml", '[upstream]\nurl = "https://m.test"\nproxy = "http://p:3128"\n'))
+    assert load(write(cwd / "again.toml", config_to_toml(plain))) == plain
+
+
 # ------------------------------------------------------------------ printing
 
 

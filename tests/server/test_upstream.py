@@ -21,6 +21,7 @@ from server.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from server.breaker import BreakerState, CircuitBreaker
 from server.flight import SingleFlight
 from server.upstream import UpstreamClient
+from tests.fakes.forward_proxy import ForwardProxy
 from tests.fakes.upstream import ABBREVIATED, FakeUpstream, make_tarball, sri_sha512
 
 
@@ -498,3 +499,26 @@ async def test_fake_serves_real_npm_tarballs_and_spellings(fake_upstream: FakeUp
             assert await resp.read() == data
     assert fake_upstream.count("/@acme/w") == 4
 
+
+
+# ------------------------------------------------------------------ proxy
+
+
+async def test_every_request_goes_through_the_configured_proxy(fake_upstream: FakeUpstream, make_client: Any) -> None:
+    fake_upstream.add_package("@acme/widget", ["1.0.0"])
+    async with ForwardProxy() as proxy:
+        client = await make_client(proxy=proxy.url.replace("http://", "http://squid:pw@"))
+        assert (await client.fetch_packument("@acme/widget")).status == "ok"
+        async with client.open_tarball(fake_upstream.tarball_url("@acme/widget", "1.0.0")) as body:
+            data = b"".join([chunk async for chunk in body.chunks(1 << 16)])
+        assert data == fake_upstream.tarball("@acme/widget", "1.0.0")
+        assert await client.search({"text": "widget"}) is not None
+        assert await client.ping()
+    assert proxy.seen == [
+        f"{fake_upstream.url}/@acme%2fwidget",
+        fake_upstream.tarball_url("@acme/widget", "1.0.0"),
+        f"{fake_upstream.url}/-/v1/search?text=widget",
+        f"{fake_upstream.url}/-/ping",
+    ]
+    assert proxy.proxy_authorizations == ["Basic c3F1aWQ6cHc="] * 4  # base64("squid:pw")
+    assert len(fake_upstream.requests) == 4
