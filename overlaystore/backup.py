@@ -60,6 +60,7 @@ from .backend import BlobInfo, check_key, package_of
 from .errors import Conflict, InvalidInput, StorageError
 from .names import parse_name, tarball_basename
 from .published import PublishedLayer, meta_key
+from .store_marker import FORMATS
 
 MANIFEST_NAME: Final = "overlaystore-backup.json"
 FORMAT: Final = "overlaystore-backup"
@@ -105,6 +106,8 @@ class BackupManifest:
     created: str
     packages: int
     files: tuple[FileEntry, ...]
+    #: the published store's on-disk format the files are in (store_marker.FORMATS)
+    store_format: int = 1
 
     @property
     def extras(self) -> list[str]:
@@ -269,6 +272,7 @@ class _ArchiveWriter:
                 "version": FORMAT_VERSION,
                 "created": _now(),
                 "packages": packages,
+                "store_format": FORMATS["published"],
                 "files": [{"path": e.path, "size": e.size, "sha256": e.sha256} for e in self.entries],
             },
             option=orjson.OPT_INDENT_2,
@@ -401,7 +405,12 @@ def _parse_manifest(source: Path, data: bytes) -> BackupManifest:
         files = tuple(
             FileEntry(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in doc["files"]
         )
-        return BackupManifest(created=str(doc.get("created")), packages=int(doc.get("packages") or 0), files=files)
+        # Backups from before the field are in format 1, the only one there was.
+        store_format = doc.get("store_format", 1)
+        if not isinstance(store_format, int) or store_format < 1:
+            raise ValueError(f"store_format must be a positive integer, got {store_format!r}")
+        return BackupManifest(created=str(doc.get("created")), packages=int(doc.get("packages") or 0), files=files,
+                              store_format=store_format)
     except (ValueError, KeyError, TypeError) as exc:
         raise BackupError(f"{source}: unreadable manifest: {exc}") from exc
 
@@ -427,6 +436,9 @@ async def restore_backup(
     source = Path(source)
     await _check_empty(published, extras)
     manifest = await asyncio.to_thread(verify_backup, source)
+    if manifest.store_format > FORMATS["published"]:
+        raise BackupError(f"{source} holds a published store in format {manifest.store_format}, made by a newer "
+                          f"overlaystore; this version reads format {FORMATS['published']}: restore it with that one")
     wanted = {EXTRA_PREFIX + e.name: e for e in extras}
     expected = {f.path: f for f in manifest.files}
     total = len(manifest.files)

@@ -85,6 +85,10 @@ class StorageFull(StorageError):
     """The storage backend has no space left."""
 
 
+class WrongStore(StorageError):
+    """A store root holds the other store, or a format this version does not read."""
+
+
 __all__ = [
     "AlreadyPublished",
     "Conflict",
@@ -97,4 +101,5 @@ __all__ = [
     "PolicyRefused",
     "StorageError",
     "StorageFull",
+    "WrongStore",
 ]

@@ -22,6 +22,7 @@ from .cache import CacheLayer
 from .disk import FileBackend
 from .errors import InvalidInput, OverlayStoreError
 from .published import PublishedLayer
+from .store_marker import claim
 
 LayerName = Literal["published", "cache"]
 
@@ -75,6 +76,9 @@ class LayeredStore:
         temp files are invisible to readers meanwhile (a server starts
         answering first and recovers the cache in the background)."""
         store = cls(PublishedLayer(FileBackend(published_root)), CacheLayer(FileBackend(cache_root)))
+        # Each root must hold the store it is opened as (see store_marker).
+        await asyncio.to_thread(claim, Path(published_root), "published")
+        await asyncio.to_thread(claim, Path(cache_root), "cache")
         await store.published.recover()
         if recover_cache:
             await store.cache.recover()

@@ -89,7 +89,11 @@ def _layer(config: Config) -> CacheLayer:
     from overlaystore.cache import CacheLayer
     from overlaystore.disk import FileBackend
 
-    # Only the cache directory: the published store is not even opened.
+    from overlaystore.store_marker import claim
+
+    # Only the cache directory: the published store is not even opened. But
+    # the directory must be the cache, not a published store given by mistake.
+    claim(config.storage.cache, "cache")
     return CacheLayer(FileBackend(config.storage.cache))
 
 

@@ -191,6 +191,7 @@ def _restore(args: argparse.Namespace, config: Config) -> int:
     from overlaystore.backup import restore_backup, verify_backup
     from overlaystore.disk import FileBackend
     from overlaystore.published import PublishedLayer
+    from overlaystore.store_marker import claim
 
     with progress_bars(args, _LABELS) as progress:
         if args.verify_only:
@@ -200,6 +201,7 @@ def _restore(args: argparse.Namespace, config: Config) -> int:
                   f"{_size(size)}, created {manifest.created}")
             return 0
         extras = [] if args.skip_auth else auth_extras(config.auth)
+        claim(config.storage.published, "published")  # not the cache by mistake
         report = asyncio.run(restore_backup(args.file, PublishedLayer(FileBackend(config.storage.published)),
                                             extras=extras, progress=progress))
     print(f"restored {report.packages} package(s), {report.files} file(s), {_size(report.bytes)} "

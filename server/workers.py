@@ -169,6 +169,9 @@ def _worker_main(config: Config, index: int, ready: Connection, metrics_dir: Pat
     except OSError as exc:
         log.error("cannot serve on %s:%d: %s", config.server.host, config.server.port, exc.strerror or exc)
         raise SystemExit(1) from None
+    except OverlayStoreError as exc:  # a store that cannot be opened (wrong role, newer format, ...)
+        log.error("%s", exc)
+        raise SystemExit(1) from None
 
 
 # ------------------------------------------------------------------ the parent

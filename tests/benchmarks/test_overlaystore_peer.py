@@ -23,6 +23,7 @@ import pytest
 
 from benchmarks.overlaystore_peer import ADMIN, OverlaystorePeer
 from benchmarks.peer import PeerUnavailable
+from overlaystore.store_marker import MARKER
 from tests.fakes.upstream import FakeUpstream, make_tarball, sri_sha512
 
 T = TypeVar("T")
@@ -106,7 +107,7 @@ async def test_proxies_then_clear_cache_goes_upstream_again(peer: OverlaystorePe
 
     await blocking(peer.clear_cache)
 
-    assert not any(path.is_file() for path in peer.cache_dir.rglob("*"))
+    assert not any(path.is_file() and path.name != MARKER for path in peer.cache_dir.rglob("*"))
     _, headers, _ = await blocking(fetch, packument)
     assert headers["X-Overlaystore-Cache"] == "miss"
     assert upstream.count(upstream.packument_path("@acme/w")) == 2

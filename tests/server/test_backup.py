@@ -10,6 +10,7 @@ import base64
 import gzip
 import hashlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -34,6 +35,7 @@ from overlaystore.backup import (
     verify_backup,
 )
 from overlaystore.cache import CacheMeta
+from overlaystore.store_marker import MARKER
 from overlaystore.disk import FileBackend
 from overlaystore.errors import Conflict
 from overlaystore.packages import PackageStore
@@ -63,13 +65,14 @@ async def publish(store: PackageStore, name: str, version: str, tags: dict[str, 
 
 
 def files_of(root: Path) -> dict[str, bytes]:
-    """Every file under ``root`` but lock files, by relative path."""
+    """Every file under ``root`` but lock files and the store marker (which
+    the next open writes, not a restore), by relative path."""
     if not root.exists():
         return {}
     return {
         str(p.relative_to(root)): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and ".locks" not in p.parts and not p.name.endswith(".lock")
+        if p.is_file() and ".locks" not in p.parts and not p.name.endswith(".lock") and p.name != MARKER
     }
 
 
@@ -126,6 +129,7 @@ async def test_backup_wipe_restore_round_trips_byte_identically(tmp_path: Path) 
 
     # The restored store works: reads, and the write-once rules still hold.
     store = await PackageStore.open_directories(root / "published", root / "cache")
+    assert json.loads((root / "published" / MARKER).read_text()) == {"store": "published", "format": 1}
     fragment = await store.fragment(PackageName("plain"))
     assert fragment is not None and set(fragment.versions) == {"0.1.0"} and "0.2.0" in fragment.unpublished
     auth = Authenticator(auth_config(root))
@@ -318,10 +322,13 @@ async def test_damaged_archives_are_refused(tmp_path: Path) -> None:
              else [(n, d)])
     wrong_format = tmp_path / "wrong-format.tar.gz"
     _rewrite(good, wrong_format, lambda n, d: [(n, d.replace(b'"version": 1', b'"version": 99'))])
+    newer_store = tmp_path / "newer-store.tar.gz"  # from an overlaystore that writes a newer layout
+    _rewrite(good, newer_store, lambda n, d: [(n, d.replace(b'"store_format": 1', b'"store_format": 2'))])
     plain_gzip = tmp_path / "plain.gz"
     plain_gzip.write_bytes(gzip.compress(b"{}"))
 
-    for bad in (flipped, truncated, garbage, no_manifest, tampered, dropped, smuggled, wrong_format, plain_gzip):
+    for bad in (flipped, truncated, garbage, no_manifest, tampered, dropped, smuggled, wrong_format, newer_store,
+                plain_gzip):
         target = tmp_path / f"restore-{bad.name}"
         with pytest.raises(BackupError):
             await restore_backup(bad, layer(target))

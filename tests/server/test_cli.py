@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import server.app
+from overlaystore.store_marker import MARKER, claim
 from server.__main__ import main
 from server.auth import Authenticator
 from server.config import Config
@@ -192,8 +193,29 @@ def test_cache_clear_empties_the_cache_only(tmp_path: Path, capsys: pytest.Captu
     assert main(["cache", "clear"]) == 0
     out = capsys.readouterr().out
     assert "cleared the proxy cache" in out and "2 files" in out
-    assert not any(p.is_file() for p in cache.rglob("*"))
+    assert [p.name for p in cache.rglob("*") if p.is_file()] == [MARKER]  # which store this is stays
     assert (published / "mine" / "package-meta.json").read_text() == "{}"
+
+
+def test_cache_clear_refuses_a_published_store_given_as_the_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    published = tmp_path / "old-storage" / "published"
+    (published / "mine" / "versions").mkdir(parents=True)
+    (published / "mine" / "versions" / "1.0.0.json").write_text("{}")
+    # A configuration pointing the cache at an older published store.
+    assert main(["cache", "clear", "--cache-storage", str(published)]) == 1
+    assert "holds the published store, not the cache store" in capsys.readouterr().err
+    assert (published / "mine" / "versions" / "1.0.0.json").read_text() == "{}"
+    assert not (published / MARKER).exists()  # nothing written either
+
+
+def test_serve_refuses_swapped_stores(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    claim(tmp_path / "was-cache", "cache")
+    argv = ["serve", "--published-storage", str(tmp_path / "was-cache"), "--cache-storage", str(tmp_path / "new"),
+            "--upstream", "none", "--listen", "127.0.0.1:0"]
+    assert main(argv) == 1
+    assert "holds the cache store, not the published store" in capsys.readouterr().err
 
 
 def test_cache_clear_of_a_missing_cache(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -22,6 +22,7 @@ from overlaystore.errors import InvalidInput
 from overlaystore.names import tarball_filename
 from overlaystore.packages import PackageStore
 from overlaystore.policy import DEFAULT_RULE, NamePolicy, PackageRule, ProxyMode
+from overlaystore.store_marker import MARKER
 from server.__main__ import main
 from server.app import make_app
 from server.migrate_verdaccio import ImportReport, import_verdaccio
@@ -106,10 +107,11 @@ async def test_import_yields_exactly_the_published_versions(tree: VerdaccioTree,
             stored = dest / "published" / name / tarball_filename(PackageName(name), version)
             assert stored.read_bytes() == data, f"{name}@{version}"
             assert "deprecated" not in fragment.versions[version]
-    # Nothing else landed in the published store: every file belongs to an expected version.
+    # Nothing else landed in the published store: every file belongs to an
+    # expected version (or is the store's marker).
     files = {str(p.relative_to(dest / "published")) for p in (dest / "published").rglob("*")
              if p.is_file() and ".locks" not in p.parts}
-    wanted = set()
+    wanted = {MARKER}
     for name, versions in exp.published.items():
         wanted.add(f"{name}/package-meta.json")
         for version in versions:
@@ -150,7 +152,8 @@ async def test_drop_cache_writes_nothing_to_the_cache(tree: VerdaccioTree, tmp_p
     dest = tmp_path / "dest"
     report = await run_import(tree, dest, drop_cache=True)
     assert report.ok
-    assert not [p for p in (dest / "cache").rglob("*") if p.is_file() and ".locks" not in p.parts]
+    assert not [p for p in (dest / "cache").rglob("*")
+                if p.is_file() and ".locks" not in p.parts and p.name != MARKER]
     dropped = {p.name: set(p.dropped) for p in report.packages if p.dropped}
     assert dropped == tree.expected.cached_versions
     store = await open_store(dest)
