@@ -22,7 +22,7 @@ from overlaystore.packages import PackageStore
 from overlaystore.view import ComposedView
 from overlaystore.watch import Watcher
 
-from . import accounts, cache_admin, health, metrics, profile
+from . import accounts, cache_admin, health, metrics, package_access, profile
 from .allocator import tune_allocator
 from .auth import Authenticator
 from .config import Config
@@ -79,6 +79,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
     cache_admin.register(router)  # /-/overlaystore/cache...
     router.add_get("/-/v1/search", search)
     router.add_get("/-/_view/starredByUser", starred_by_user)
+    package_access.register(router)  # npm access: /-/package/<name>/{collaborators,visibility,access}
     router.add_post("/-/npm/v1/security/advisories/bulk", audit_bulk)
     for prefix in ("/-/package/@{scope}/{pkg}", "/-/package/{name}"):
         router.add_get(prefix + "/dist-tags", list_tags)

@@ -1,5 +1,5 @@
-"""What ``GET /-/v1/search`` and ``npm stars`` know of each published
-package, kept between requests.
+"""What ``GET /-/v1/search``, ``npm stars`` and ``npm access list packages``
+know of each published package, kept between requests.
 
 A search matches every published package's latest version, and reading a
 package from the store costs a directory listing and a thread hop: per search
@@ -28,23 +28,27 @@ from overlaystore.packages import PackageStore
 class Summary:
     """A package as search sees it: its entry (None when it has no live
     ``latest``) and the lowercased text of its name, description and
-    keywords; and who starred it (nobody, once no version is live)."""
+    keywords; who starred it and who maintains it (nobody, once no version
+    is live)."""
 
     entry: dict[str, Any] | None
     text: str
     stamp: int  # the name's change counter when it was read (0 with one worker)
     starred_by: frozenset[str] = frozenset()
+    maintained_by: frozenset[str] = frozenset()
 
     def matches(self, words: Iterable[str]) -> bool:
         return all(word in self.text for word in words)
 
 
 def summarize(fragment: PublishedFragment, stamp: int = 0) -> Summary:
-    starred_by = frozenset(u for u, starred in fragment.users.items() if starred and fragment.versions)
+    live = bool(fragment.versions)
+    starred_by = frozenset(u for u, starred in fragment.users.items() if starred and live)
+    maintained_by = frozenset(str(m["name"]) for m in fragment.maintainers if m.get("name") and live)
     latest = fragment.dist_tags.get("latest")
     manifest = fragment.versions.get(latest or "")
     if manifest is None:
-        return Summary(None, "", stamp, starred_by)
+        return Summary(None, "", stamp, starred_by, maintained_by)
     keywords = manifest.get("keywords")
     keywords = [str(k) for k in keywords] if isinstance(keywords, list) else []
     npm_user = manifest.get("_npmUser") or {}
@@ -65,7 +69,7 @@ def summarize(fragment: PublishedFragment, stamp: int = 0) -> Summary:
         "searchScore": 1.0,
     }
     text = " ".join([fragment.name, str(manifest.get("description", "")), *keywords]).lower()
-    return Summary(entry, text, stamp, starred_by)
+    return Summary(entry, text, stamp, starred_by, maintained_by)
 
 
 class SearchIndex:

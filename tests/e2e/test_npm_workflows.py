@@ -324,3 +324,14 @@ def test_profile_email_and_password(server: Server, tmp_path_factory: pytest.Tem
     elsewhere = Cli(tmp_path_factory.mktemp("dave2"), server.url)
     elsewhere.npmrc.write_text(f"registry={server.url}/\n")
     login(elsewhere, "dave", "dave-new-password")
+
+
+def test_npm_access_lists_and_refuses_per_package_changes(alice: Cli, tmp_path: Path) -> None:
+    alice.npm("publish", cwd=make_package(tmp_path / "acc", "@acme/accessible", "1.0.0"))
+    collaborators = json.loads(alice.npm("access", "list", "collaborators", "@acme/accessible", "--json").stdout)
+    assert collaborators == {"alice": "read-write"}
+    mine = json.loads(alice.npm("access", "list", "packages", "--json").stdout)  # whoami, then npm's org fallback
+    assert mine.get("@acme/accessible") == "read-write"
+    assert "public" in alice.npm("access", "get", "status", "@acme/accessible").stdout
+    refused = alice.npm("access", "set", "status=private", "@acme/accessible", check=False)
+    assert refused.returncode != 0 and "[[packages]]" in refused.stderr
