@@ -6,8 +6,10 @@
   remove a probe file in the store (:meth:`LayeredStore.writable`), else
   ``"unwritable"`` (the reason goes to the log and to ``"errors"``).
 * ``upstream``: ``"none"`` (no upstream configured), ``"offline"``,
-  ``"down"`` (circuit breaker open, or ``GET /-/ping`` upstream failed) or
-  ``"ok"``. The probe is one request with a short timeout, its answer reused
+  ``"down"`` (circuit breaker open, or ``GET /-/ping`` upstream got no
+  answer or a 5xx), ``"unauthorized"`` (it answered 401 or 403: the
+  ``[upstream]`` credentials are missing or wrong) or ``"ok"``. The probe
+  is one request with a short timeout, its answer reused
   for :data:`UPSTREAM_TTL_S` seconds and shared by concurrent checks, so a
   readiness poller cannot load the upstream.
 
@@ -51,8 +53,8 @@ class Readiness:
         self.ttl_s = ttl_s
         self._timeout_s = timeout_s
         self._clock = clock
-        self._last: tuple[float, bool] | None = None  # (when, answered)
-        self._probe: asyncio.Task[bool] | None = None
+        self._last: tuple[float, str] | None = None  # (when, state)
+        self._probe: asyncio.Task[int | None] | None = None
 
     async def upstream(self, client: UpstreamClient | None) -> str:
         if client is None:
@@ -71,7 +73,7 @@ class Readiness:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._probe)
         assert self._last is not None
-        return "ok" if self._last[1] else "down"
+        return self._last[1]
 
     async def close(self) -> None:
         """Cancel a probe still running (at shutdown)."""
@@ -81,10 +83,16 @@ class Readiness:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await probe
 
-    def _probed(self, task: asyncio.Task[bool]) -> None:
+    def _probed(self, task: asyncio.Task[int | None]) -> None:
         self._probe = None
-        answered = not task.cancelled() and task.exception() is None and task.result()
-        self._last = (self._clock(), answered)
+        status = task.result() if not task.cancelled() and task.exception() is None else None
+        self._last = (self._clock(), _state(status))
+
+
+def _state(status: int | None) -> str:
+    if status in (401, 403):
+        return "unauthorized"
+    return "ok" if status is not None and status < 500 else "down"
 
 
 async def get_ready(request: web.Request) -> web.Response:

@@ -322,19 +322,20 @@ class UpstreamClient:
 
     # -- health
 
-    async def ping(self, timeout_s: float = 2.0) -> bool:
-        """Whether the upstream answers ``GET /-/ping`` at all (any status
-        below 500) within ``timeout_s``. One attempt, outside the retry loop,
-        the counters and the circuit breaker: a readiness probe, not traffic."""
+    async def ping(self, timeout_s: float = 2.0) -> int | None:
+        """The status of the upstream's answer to ``GET /-/ping`` within
+        ``timeout_s``; None for no answer. One attempt, outside the retry
+        loop, the counters and the circuit breaker: a readiness probe, not
+        traffic."""
         if not self.enabled or self._session is None or self._session.closed:
-            return False
+            return None
         try:
             async with self._session.get(
                 f"{self._base}/-/ping", timeout=aiohttp.ClientTimeout(total=timeout_s)
             ) as resp:
-                return resp.status < 500
+                return resp.status
         except (aiohttp.ClientError, TimeoutError):
-            return False
+            return None
 
     # -- passthroughs
 

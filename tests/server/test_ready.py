@@ -113,3 +113,15 @@ async def test_layered_writable_on_backends_without_a_check() -> None:
 
     store = LayeredStore(PublishedLayer(Bare()), CacheLayer(MemoryBackend()))
     assert await store.writable() == {"published": None, "cache": None}
+
+
+async def test_an_upstream_refusing_our_credentials_is_unauthorized(aiohttp_client: Any, tmp_path: Path,
+                                                                    fake_upstream: FakeUpstream) -> None:
+    fake_upstream.required_authorization = "Bearer right"
+    reg = await make_registry(aiohttp_client, tmp_path, fake_upstream.url,
+                              upstream=fast_upstream(fake_upstream.url, authorization="Bearer wrong"))
+    resp = await reg.client.get("/-/overlaystore/ready")
+    assert resp.status == 200 and (await resp.json())["upstream"] == "unauthorized"
+    fake_upstream.required_authorization = "Bearer wrong"
+    reg.app[READINESS].ttl_s = 0.0
+    assert (await (await reg.client.get("/-/overlaystore/ready")).json())["upstream"] == "ok"

@@ -513,7 +513,7 @@ async def test_every_request_goes_through_the_configured_proxy(fake_upstream: Fa
             data = b"".join([chunk async for chunk in body.chunks(1 << 16)])
         assert data == fake_upstream.tarball("@acme/widget", "1.0.0")
         assert await client.search({"text": "widget"}) is not None
-        assert await client.ping()
+        assert await client.ping() == 200
     assert proxy.seen == [
         f"{fake_upstream.url}/@acme%2fwidget",
         fake_upstream.tarball_url("@acme/widget", "1.0.0"),
