@@ -79,9 +79,12 @@ class SearchIndex:
         self._store = store
         self._changes = changes
         self._summaries: dict[PackageName, Summary] = {}
-        # Bumped by every invalidation: a summary read while one happened may
-        # predate the write, so it is used for that search but not kept.
-        self._epoch = 0
+        # A token per name being read; invalidating the name drops it. A
+        # summary whose token is gone when its read ends may predate a
+        # write: it is used for that search but not kept. Only names in
+        # flight are tracked, and only their own invalidations count (upstream
+        # refreshes invalidate names all the time).
+        self._reading: dict[PackageName, object] = {}
         if changes is not None:
             changes.on_reset(self.invalidate_all)
 
@@ -90,11 +93,11 @@ class SearchIndex:
 
     def invalidate(self, name: PackageName) -> None:
         self._summaries.pop(name, None)
-        self._epoch += 1
+        self._reading.pop(name, None)
 
     def invalidate_all(self) -> None:
         self._summaries.clear()
-        self._epoch += 1
+        self._reading.clear()
 
     async def summaries(self) -> list[tuple[PackageName, Summary]]:
         """Every published name (sorted) with its summary."""
@@ -106,12 +109,17 @@ class SearchIndex:
             stamp = self._changes.read(name) if self._changes is not None else 0
             summary = self._summaries.get(name)
             if summary is None or summary.stamp != stamp:
-                epoch = self._epoch
-                fragment = await self._store.fragment(name)
+                token = self._reading[name] = object()
+                try:
+                    fragment = await self._store.fragment(name)
+                finally:
+                    kept = self._reading.get(name) is token
+                    if kept:
+                        del self._reading[name]
                 if fragment is None:  # removed since the listing
                     continue
                 summary = summarize(fragment, stamp)
-                if epoch == self._epoch:
+                if kept:
                     self._summaries[name] = summary
             found.append((name, summary))
         return found

@@ -105,6 +105,25 @@ async def test_a_summary_read_during_a_write_is_not_kept(registry: Registry) -> 
     assert len(index) == 1
 
 
+async def test_a_write_to_another_name_during_a_read_does_not_cost_the_summary(registry: Registry) -> None:
+    await publish(registry, "steady", "1.0.0")
+    store = registry.app[STORE]
+    index = SearchIndex(store)
+    original = store.fragment
+
+    async def fragment_while_upstream_refreshes(name: PackageName) -> Any:
+        found = await original(name)
+        index.invalidate(PackageName("left-pad"))  # a cached upstream packument was refreshed meanwhile
+        return found
+
+    store.fragment = fragment_while_upstream_refreshes  # type: ignore[method-assign]
+    try:
+        await index.summaries()
+    finally:
+        del store.fragment
+    assert len(index) == 1  # kept: the write was to another name
+
+
 async def test_unpublished_and_removed_packages_leave_the_index(registry: Registry) -> None:
     await publish(registry, "short-lived", "1.0.0")
     await publish(registry, "stays", "1.0.0")
