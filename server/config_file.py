@@ -194,6 +194,10 @@ def _http_url(value: object, key: str) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(key, f"expected an http:// or https:// URL, got {text!r}")
+    if parts.username is not None or parts.password is not None:
+        # Not echoed: it holds a secret. In a URL it would be logged and printed.
+        raise ConfigError(key, "the URL must not contain credentials; for the upstream, set "
+                               "[upstream].token or basic_auth (or OVERLAYSTORE_UPSTREAM_TOKEN / _BASIC_AUTH)")
     if parts.query or parts.fragment:
         raise ConfigError(key, f"the URL must not have a query or fragment, got {text!r}")
     try:

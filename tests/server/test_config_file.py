@@ -384,6 +384,18 @@ def test_bad_upstream_credentials_are_config_errors(cwd: Path, tmp_path: Path, t
     assert error.key == key and fragment in error.problem
 
 
+def test_credentials_in_a_url_are_refused_without_echoing_them(cwd: Path, tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    error = error_of(env={"OVERLAYSTORE_UPSTREAM": "https://ci:s3cret@mirror.test/npm"})
+    assert error.key == "OVERLAYSTORE_UPSTREAM" and "[upstream].token" in error.problem
+    assert "s3cret" not in str(error)
+    assert "s3cret" not in str(error_of(public_url="https://u:s3cret@npm.example"))
+    # An npm configuration naming such a registry is ignored, with a warning that does not show it.
+    with caplog.at_level(logging.WARNING, logger="overlaystore.config"):
+        assert discover({"npm_config_registry": "https://ci:s3cret@mirror.test/"}) is None
+    assert "must not contain credentials" in caplog.text and "s3cret" not in caplog.text
+
+
 def test_upstream_credentials_are_never_printed_or_shown(cwd: Path, tmp_path: Path,
                                                          caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="overlaystore.config"):
