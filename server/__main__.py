@@ -86,6 +86,10 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
         "--log-level", metavar="LEVEL", type=str.lower, choices=("debug", "info", "warning", "error", "critical"),
         help="debug, info, warning, error or critical (default: info)",
     )
+    parser.add_argument(
+        "--log-format", metavar="FORMAT", type=str.lower, choices=("text", "json"),
+        help="text (default) or json: one JSON object a line, for log pipelines",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

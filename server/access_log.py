@@ -12,6 +12,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
 from .keys import OUTCOME
+from .log_setup import HTTP
 
 _SECRET_PATHS = re.compile(r"^(/-/user/token/|/-/npm/v1/tokens/token/)[^/?]+")
 
@@ -23,8 +24,11 @@ def redact(path: str) -> str:
 
 def log_request(logger: logging.Logger, method: str, path: str, status: int, body_bytes: int,
                 seconds: float, outcome: str) -> None:
-    """The one access-log line (aiohttp's requests and the hit path's)."""
-    logger.info("%s %s %d %dB %.1fms %s", method, redact(path), status, body_bytes, seconds * 1000, outcome)
+    """The one access-log line (aiohttp's requests and the hit path's); its
+    fields also travel on the record, for the JSON log format."""
+    path, ms = redact(path), round(seconds * 1000, 1)
+    fields = {"method": method, "path": path, "status": status, "bytes": body_bytes, "ms": ms, "outcome": outcome}
+    logger.info("%s %s %d %dB %.1fms %s", method, path, status, body_bytes, ms, outcome, extra={HTTP: fields})
 
 
 class AccessLogger(AbstractAccessLogger):

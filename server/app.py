@@ -32,6 +32,7 @@ from .documents import Documents
 from .http_errors import error_middleware
 from .health import Readiness
 from .keys import AUTH, CONFIG, DOCUMENTS, METRICS, POLICY, READINESS, SEARCH, SOURCE, STORE, TARBALLS, UPSTREAM, VIEW
+from .log_setup import configure_logging
 from .metrics import Metrics, metrics_middleware
 from .misc import audit_bulk, ping
 from .packuments import get_packument, get_version
@@ -206,10 +207,7 @@ def describe(config: Config) -> str:
 def run(config: Config) -> None:
     """Serve ``config`` until interrupted (one process; several workers:
     :func:`server.workers.serve_workers`)."""
-    logging.basicConfig(
-        level=config.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(config)
     log.info("%s", describe(config))
     tune_allocator()
     serve(make_app(config), config)

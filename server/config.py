@@ -23,6 +23,8 @@ class ServerConfig:
     #: built from it at serve time. Empty: derived from the request.
     public_url: str = ""
     log_level: str = "info"
+    #: "text" (one line a record) or "json" (one object a line; server.log_setup)
+    log_format: str = "text"
     access_log: bool = True
     max_body_bytes: int = 10 * MiB
     workers: int = 1

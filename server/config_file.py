@@ -55,6 +55,7 @@ from .config import (
     UpstreamConfig,
     WatchConfig,
 )
+from .log_setup import LOG_FORMATS
 from .npmrc import npm_registry
 
 log = logging.getLogger("overlaystore.config")
@@ -262,6 +263,13 @@ def _log_level(value: object, key: str, _base: Path) -> str:
     return level
 
 
+def _log_format(value: object, key: str, _base: Path) -> str:
+    shape = _text(value, key).strip().lower()
+    if shape not in LOG_FORMATS:
+        raise ConfigError(key, f"expected one of {', '.join(LOG_FORMATS)}, got {value!r}")
+    return shape
+
+
 def _user_list(value: object, key: str, _base: Path) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ConfigError(key, f"expected a list of user names, got {_show(value)}")
@@ -303,6 +311,7 @@ _TOP: dict[str, Setter] = {
     "listen": parse_listen,
     "public_url": _field("server.public_url", _public_url),
     "log_level": _field("server.log_level", _log_level),
+    "log_format": _field("server.log_format", _log_format),
     "access_log": _field("server.access_log", _strict_bool),
     "max_body": _field("server.max_body_bytes", _size()),
     "workers": _field("server.workers", _int(1)),
@@ -364,6 +373,7 @@ _ENV: dict[str, Setter] = {
     "OVERLAYSTORE_UPSTREAM_BASIC_AUTH": _field("upstream.authorization", _upstream_basic_auth),
     "OVERLAYSTORE_UPSTREAM_PROXY": _field("upstream.proxy", _proxy_url),
     "OVERLAYSTORE_LOG_LEVEL": _field("server.log_level", _log_level),
+    "OVERLAYSTORE_LOG_FORMAT": _field("server.log_format", _log_format),
 }
 
 _OVERRIDES: dict[str, Setter] = {
@@ -374,6 +384,7 @@ _OVERRIDES: dict[str, Setter] = {
     "upstream": _field("upstream.url", _upstream_url),
     "offline": _field("upstream.offline", _lenient_bool),
     "log_level": _field("server.log_level", _log_level),
+    "log_format": _field("server.log_format", _log_format),
     "workers": _field("server.workers", _int(1)),
 }
 #: Command-line override names (argparse ``dest``s) accepted by :func:`load_config`.
@@ -677,6 +688,7 @@ def config_to_toml(config: Config) -> str:
 
     sections: list[tuple[str | None, list[tuple[str, object]]]] = [
         (None, [("listen", format_listen(s.host, s.port)), ("public_url", s.public_url), ("log_level", s.log_level),
+                ("log_format", s.log_format),
                 ("access_log", s.access_log), ("max_body", s.max_body_bytes), ("workers", s.workers),
                 ("keepalive_timeout", s.keepalive_timeout_s), ("body_timeout", s.body_timeout_s)]),
         ("storage", [("published", config.storage.published), ("cache", config.storage.cache)]),

@@ -62,6 +62,7 @@ from .allocator import tune_allocator
 from .app import describe, make_app
 from .config import Config
 from .keys import METRICS, WORKER, WORKER_HEADER, WORKER_METRICS
+from .log_setup import configure_logging
 from .serving import SHUTDOWN_TIMEOUT_S, new_event_loop, serve
 from .worker_metrics import WorkerMetrics
 from .worker_watch import WorkerWatch
@@ -74,13 +75,6 @@ KILL_MARGIN_S = 10.0
 PARENT_CHECK_S = 1.0
 #: How often the parent wakes up while waiting (signals are also handled in between).
 _TICK_S = 0.5
-
-_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s{tag}: %(message)s"
-
-
-def _configure_logging(config: Config, tag: str = "") -> None:
-    logging.basicConfig(level=config.server.log_level.upper(), format=_LOG_FORMAT.format(tag=tag))
-
 
 def _check_address_free(host: str, port: int) -> None:
     """Bind (without SO_REUSEPORT) every address the workers will bind: it
@@ -139,7 +133,7 @@ async def _name_worker(request: web.Request, response: web.StreamResponse) -> No
 
 def _worker_main(config: Config, index: int, ready: Connection, metrics_dir: Path) -> None:
     """One worker process (the target of a spawned Process)."""
-    _configure_logging(config, f" [worker {index}]")
+    configure_logging(config, worker=index)
     tune_allocator()
     loop = new_event_loop()
     stopper = _Stopper(loop)
@@ -282,7 +276,7 @@ class _Supervisor:
 def serve_workers(config: Config) -> int:
     """Run ``config.server.workers`` worker processes until SIGTERM/SIGINT;
     returns the exit status (0: clean shutdown, 1: a worker failed)."""
-    _configure_logging(config)
+    configure_logging(config)
     if config.server.port == 0:
         raise OverlayStoreError("several workers need a fixed port to share (listen on HOST:PORT, not port 0)")
     _check_address_free(config.server.host, config.server.port)
