@@ -17,22 +17,30 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from overlaystore.errors import InvalidInput
+from overlaystore._types import PackageName
+from overlaystore.errors import InvalidInput, NotFound
+from overlaystore.fragment import PublishedFragment
 
 from .access import require_read
 from .auth import identity
 from .htpasswd import validate_user_name
-from .keys import AUTH, POLICY, SEARCH
+from .keys import AUTH, POLICY, SEARCH, STORE
 from .request_info import package_name
-from .writes import published_fragment
 
 READ_WRITE = "read-write"
+
+
+async def _published(request: web.Request, name: PackageName) -> PublishedFragment:
+    fragment = await request.app[STORE].fragment(name)
+    if fragment is None:
+        raise NotFound(f"{name} is not published on this registry: access is known only for packages published here")
+    return fragment
 
 
 async def list_collaborators(request: web.Request) -> web.Response:
     name = package_name(request)
     await require_read(request, name)
-    fragment = await published_fragment(request, name)
+    fragment = await _published(request, name)
     users = sorted({m["name"] for m in fragment.maintainers if m.get("name")})
     return web.json_response({user: READ_WRITE for user in users})
 
@@ -51,7 +59,7 @@ async def list_user_packages(request: web.Request) -> web.Response:
 async def get_visibility(request: web.Request) -> web.Response:
     name = package_name(request)
     await require_read(request, name)
-    await published_fragment(request, name)
+    await _published(request, name)
     return web.json_response({"public": request.app[AUTH].can_access(None, request.app[POLICY].rule_for(name).access)})
 
 

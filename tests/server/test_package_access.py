@@ -42,7 +42,8 @@ async def test_collaborators_are_the_maintainers(owned: Registry) -> None:
     assert await _json(owned, "/-/package/shared/collaborators") == {"alice": "read-write", "bob": "read-write"}
     assert await _json(owned, "/-/package/@private%2fthing/collaborators", "bob") == {"alice": "read-write"}
     await _json(owned, "/-/package/@private%2fthing/collaborators", status=401)  # not readable anonymously
-    await _json(owned, "/-/package/never-published/collaborators", status=404)
+    missing = await _json(owned, "/-/package/never-published/collaborators", status=404)
+    assert "access is known only for packages published here" in missing["error"]  # type: ignore[index]
 
 
 async def test_a_users_packages_are_those_they_maintain_and_the_caller_may_read(owned: Registry) -> None:
