@@ -148,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--print", action="store_true", dest="print_config",
                        help="print the effective configuration as TOML")
+    check.add_argument("--probe", action="store_true",
+                       help="also ask the upstream GET /-/ping, with the configured credentials and proxy, "
+                            "and exit 1 unless it answers (as readiness does: ok, unauthorized, down)")
     _config_option(check)
     _server_options(check)
     _storage_options(check)
@@ -247,7 +250,19 @@ def _config_check(args: argparse.Namespace) -> int:
     detail = f" ({', '.join(notes)})" if notes else ""
     print(f"  upstream   {upstream.url or 'none'}{detail}")
     print(f"  users      {config.auth.htpasswd}")
-    return 0
+    if not args.probe or upstream.url is None or upstream.offline:
+        return 0
+    state = asyncio.run(_probe_upstream(config))
+    print(f"  probe      GET {upstream.url}/-/ping: {state}")
+    return 0 if state == "ok" else 1
+
+
+async def _probe_upstream(config: Config) -> str:
+    from .health import UPSTREAM_TIMEOUT_S, upstream_state
+    from .upstream import UpstreamClient
+
+    async with UpstreamClient(config.upstream) as client:
+        return upstream_state(await client.ping(UPSTREAM_TIMEOUT_S * 2))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -86,10 +86,11 @@ class Readiness:
     def _probed(self, task: asyncio.Task[int | None]) -> None:
         self._probe = None
         status = task.result() if not task.cancelled() and task.exception() is None else None
-        self._last = (self._clock(), _state(status))
+        self._last = (self._clock(), upstream_state(status))
 
 
-def _state(status: int | None) -> str:
+def upstream_state(status: int | None) -> str:
+    """What the status of an upstream ``GET /-/ping`` says (None: no answer)."""
     if status in (401, 403):
         return "unauthorized"
     return "ok" if status is not None and status < 500 else "down"
@@ -118,4 +119,4 @@ def register(router: web.UrlDispatcher) -> None:
     router.add_get("/-/overlaystore/ready", get_ready)
 
 
-__all__ = ["UPSTREAM_TIMEOUT_S", "UPSTREAM_TTL_S", "Readiness", "get_ready", "on_cleanup", "register"]
+__all__ = ["UPSTREAM_TIMEOUT_S", "UPSTREAM_TTL_S", "Readiness", "get_ready", "on_cleanup", "register", "upstream_state"]

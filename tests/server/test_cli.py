@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import subprocess
@@ -17,6 +18,7 @@ from server.__main__ import main
 from server.auth import Authenticator
 from server.config import Config
 from server.config_file import load_config
+from tests.fakes.upstream import FakeUpstream
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,6 +107,28 @@ def test_config_check_says_credentials_are_set_without_showing_them(
     assert main(["config", "check", "--upstream", "https://mirror.test", "--offline"]) == 0
     out = capsys.readouterr().out
     assert "upstream   https://mirror.test (offline, with credentials)" in out and "s3cret" not in out
+
+
+async def test_config_check_probe_says_what_the_upstream_answers(
+    fake_upstream: FakeUpstream, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def check(*env: tuple[str, str]) -> tuple[int, str]:
+        for key, value in env:
+            monkeypatch.setenv(key, value)
+        status = main(["config", "check", "--upstream", fake_upstream.url, "--probe"])
+        return status, capsys.readouterr().out
+
+    # main() runs its own event loop: in a thread, as the fake upstream needs this one.
+    status, out = await asyncio.to_thread(check)
+    assert status == 0 and f"probe      GET {fake_upstream.url}/-/ping: ok" in out
+    fake_upstream.required_authorization = "Bearer right"
+    status, out = await asyncio.to_thread(check, ("OVERLAYSTORE_UPSTREAM_TOKEN", "wrong"))
+    assert status == 1 and "/-/ping: unauthorized" in out
+    status, out = await asyncio.to_thread(check, ("OVERLAYSTORE_UPSTREAM_TOKEN", "right"))
+    assert status == 0 and "/-/ping: ok" in out
+    await fake_upstream.stop()
+    status, out = await asyncio.to_thread(check)
+    assert status == 1 and "/-/ping: down" in out
 
 
 def test_config_check_names_the_bad_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
