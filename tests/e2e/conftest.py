@@ -1,5 +1,5 @@
 """End-to-end fixtures: the real server process, the fake upstream in a
-background thread, and the real npm / pnpm / yarn 1 CLIs with isolated
+background thread, and the real npm / pnpm / yarn 1 / yarn 4 CLIs with isolated
 config and caches. Everything listens on 127.0.0.1."""
 
 from __future__ import annotations

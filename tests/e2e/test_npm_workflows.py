@@ -199,6 +199,28 @@ def test_pnpm_installs_a_mixed_tree(alice: Cli, tmp_path: Path) -> None:
     assert any(p.name.startswith("is-number-fake@2.1.0") for p in pnpm_store.iterdir())
 
 
+def test_pnpm_publishes_then_reinstalls_from_its_lockfile(alice: Cli, tmp_path: Path) -> None:
+    package = make_package(tmp_path / "pp", "@acme/from-pnpm", "1.0.0", {"left-pad": "^1.0.0"})
+    alice.pnpm("publish", "--no-git-checks", cwd=package)
+    view = json.loads(alice.npm("view", "@acme/from-pnpm", "--json").stdout)
+    assert view["version"] == "1.0.0" and view["_npmUser"].startswith("alice ")  # npm shows "name <email>"
+    alice.pnpm("publish", "--no-git-checks", "--tag", "next",
+               cwd=make_package(tmp_path / "pp2", "@acme/from-pnpm", "2.0.0-beta.1"))
+    tags = json.loads(alice.npm("view", "@acme/from-pnpm", "dist-tags", "--json").stdout)
+    assert tags == {"latest": "1.0.0", "next": "2.0.0-beta.1"}
+    project = make_project(tmp_path / "pnpm-app-2", {"@acme/from-pnpm": "^1.0.0"})
+    alice.pnpm("install", cwd=project)
+    lock = (project / "pnpm-lock.yaml").read_text()
+    assert "'@acme/from-pnpm@1.0.0'" in lock and "left-pad@1.3.0" in lock
+    # a clean checkout: no node_modules, no pnpm store, the lockfile as it is
+    shutil.rmtree(project / "node_modules")
+    shutil.rmtree(alice.home / "xdg-data", ignore_errors=True)
+    shutil.rmtree(alice.home / "pnpm-home", ignore_errors=True)
+    alice.pnpm("install", "--frozen-lockfile", cwd=project)
+    assert installed_version(project, "@acme/from-pnpm") == "1.0.0"
+    assert (project / "pnpm-lock.yaml").read_text() == lock
+
+
 def test_yarn_installs_a_mixed_tree_and_reinstalls_from_its_lockfile(
     alice: Cli, server: Server, tmp_path: Path
 ) -> None:
