@@ -48,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -82,6 +82,12 @@ ORPHAN_MAX_AGE = 3600.0
 #: document once this many publishes' dist-tags are recorded only in their
 #: version files.
 FOLD_AFTER = 64
+#: How deeply a version manifest may nest objects and arrays. Far above any
+#: real package.json (conditional ``exports`` reach 6 or 7), and far enough
+#: below the JSON codec's limit (254) that the packument, which nests each
+#: manifest three levels down, always serializes: a stored manifest is
+#: write-once, so one that could not be served would break its package.
+MAX_MANIFEST_DEPTH = 64
 
 
 def utcnow() -> datetime:
@@ -498,6 +504,8 @@ class PackageStore:
         if not isinstance(tarball, (bytes, bytearray, memoryview)):
             raise InvalidInput("the tarball must be bytes")
         vkey = version_file_key(name, version)
+        if _depth(manifest) > MAX_MANIFEST_DEPTH:
+            raise InvalidInput(f"the manifest nests objects and arrays deeper than {MAX_MANIFEST_DEPTH} levels")
         try:
             # Serialized before anything is written, so a bad manifest cannot
             # leave an orphan tarball behind.
@@ -795,6 +803,23 @@ class PackageStore:
         """A writer for a verified upstream tarball; commit replaces atomically."""
         name = parse_name(name)
         return await self._cache.open_writer(_tarball_file_key(name, filename))
+
+
+def _depth(value: object) -> int:
+    """How deeply ``value`` nests objects and arrays (a scalar: 0). A loop,
+    not recursion: the value may nest deeper than Python's stack allows."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, Mapping):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _load(data: bytes, key: str) -> JSONObject:

@@ -23,7 +23,7 @@ from overlaystore.cache import CacheLayer, CacheMeta
 from overlaystore.errors import AlreadyPublished, InvalidInput, InvalidName, InvalidVersion, NotFound
 from overlaystore.layered import LayeredStore
 from overlaystore.memory import MemoryBackend
-from overlaystore.packages import PackageStore, isoformat
+from overlaystore.packages import MAX_MANIFEST_DEPTH, PackageStore, isoformat
 from overlaystore.published import PublishedLayer
 
 HELPER = Path(__file__).parent / "helpers" / "publish_loop.py"
@@ -218,6 +218,27 @@ async def test_unserializable_manifest_writes_nothing(store: PackageStore) -> No
     with pytest.raises(InvalidInput):
         await store.publish(W, "1.0.0", {"bad": object()}, b"x", tags={}, user=ALICE)
     assert await store.layered.published.keys() == []
+
+
+def nested(depth: int) -> Any:
+    """``depth`` levels of alternating arrays and objects around a 1."""
+    value: Any = 1
+    for level in range(depth):
+        value = {"a": value} if level % 2 else [value]
+    return value
+
+
+async def test_a_manifest_nesting_past_the_limit_writes_nothing(store: PackageStore) -> None:
+    # The manifest is one level; its field takes the rest. At the limit it is
+    # stored and its packument serializes; one more level is refused.
+    fine = nested(MAX_MANIFEST_DEPTH - 1)
+    await store.publish(W, "1.0.0", {"exports": fine}, b"x", tags={}, user=ALICE)
+    fragment = await store.fragment(W)
+    assert fragment is not None and fragment.versions["1.0.0"]["exports"] == fine
+    for depth in (MAX_MANIFEST_DEPTH, 400, 5000):  # 5000: deeper than Python's recursion limit
+        with pytest.raises(InvalidInput, match="deeper than 64 levels"):
+            await store.publish(W, "2.0.0", {"exports": nested(depth)}, b"y", tags={}, user=ALICE)
+    assert sorted(k.key for k in await store.layered.published.keys() if "2.0.0" in k.key) == []
 
 
 # --- unpublish

@@ -143,13 +143,18 @@ def _tamper(body: dict, how: str) -> dict:
         body["dist-tags"] = {"1.2.3": "1.0.0"}
     elif how == "tag-elsewhere":
         body["dist-tags"] = {"latest": "9.9.9"}
+    elif how == "too-deep":  # stored, its packument could never be served again
+        deep: object = 1
+        for _ in range(252):  # the manifest alone serializes; the packument, 2 levels deeper, would not
+            deep = [deep]
+        version["exports"] = deep
     return body
 
 
 @pytest.mark.parametrize(
     "how",
     ["length", "base64", "integrity", "shasum", "two-versions", "bad-semver", "name-mismatch",
-     "attachment-name", "extra-attachment", "not-a-tar", "tag-is-version", "tag-elsewhere"],
+     "attachment-name", "extra-attachment", "not-a-tar", "tag-is-version", "tag-elsewhere", "too-deep"],
 )
 async def test_bad_publish_is_a_4xx_and_writes_nothing(registry: Registry, how: str) -> None:
     body = _tamper(publish_body("foo", "1.0.0"), how)
