@@ -13,11 +13,15 @@ from .errors import Forbidden, Unauthenticated
 from .keys import AUTH, POLICY
 
 
+def may_read(request: web.Request, who: Identity | None, name: PackageName) -> bool:
+    """Whether ``who`` (None: anonymous) may read ``name`` under the read rules."""
+    return request.app[AUTH].can_access(who, request.app[POLICY].rule_for(name).access)
+
+
 async def require_read(request: web.Request, name: PackageName) -> Identity | None:
     """Raise unless the requester may read ``name``; returns the identity."""
     who = await identity(request)
-    rule = request.app[POLICY].rule_for(name)
-    if request.app[AUTH].can_access(who, rule.access):
+    if may_read(request, who, name):
         return who
     if who is None:
         raise Unauthenticated(f"authentication required to read {name}")

@@ -343,7 +343,7 @@ class Authenticator:
         return name in self._current_users().users
 
     def user_email(self, name: str) -> str | None:
-        entry = self._current_users().users.get(name)
+        entry = self.user(name)
         return entry.email if entry else None
 
     def user_names(self) -> list[str]:

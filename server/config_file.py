@@ -582,6 +582,9 @@ def _build(cls: Any, section: str, settings: Settings) -> Any:
 # ------------------------------------------------- the npm-configured upstream
 
 
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
 def _discovered_upstream(env: Mapping[str, str], cwd: Path, settings: Settings) -> str | None:
     found = npm_registry(env, cwd=cwd)
     if found is None:
@@ -610,15 +613,11 @@ def _points_at_self(url: str, settings: Settings) -> bool:
     port = target.port or (443 if target.scheme == "https" else 80)
     if port != settings.get("server.port", ServerConfig().port):
         return False
-    loopback = {"localhost", "127.0.0.1", "::1"}
     ours = str(settings.get("server.host", ServerConfig().host)).lower()
     theirs = (target.hostname or "").lower()
-    if ours in ("0.0.0.0", "::") or ours in loopback:
-        return theirs in loopback or theirs == ours
+    if ours in ("0.0.0.0", "::") or ours in _LOOPBACK:
+        return theirs in _LOOPBACK or theirs == ours
     return theirs == ours
-
-
-_LOOPBACK = ("localhost", "127.0.0.1", "::1")
 
 
 def _environment_proxy(env: Mapping[str, str], url: str | None) -> str | None:

@@ -17,50 +17,42 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from overlaystore._types import PackageName
-from overlaystore.errors import InvalidInput, NotFound
-from overlaystore.fragment import PublishedFragment
+from overlaystore.errors import InvalidInput
 
-from .access import require_read
+from .access import may_read, require_read
 from .auth import identity
 from .htpasswd import validate_user_name
-from .keys import AUTH, POLICY, SEARCH, STORE
+from .keys import SEARCH
 from .request_info import package_name
+from .writes import published_fragment
 
 READ_WRITE = "read-write"
-
-
-async def _published(request: web.Request, name: PackageName) -> PublishedFragment:
-    fragment = await request.app[STORE].fragment(name)
-    if fragment is None:
-        raise NotFound(f"{name} is not published on this registry: access is known only for packages published here")
-    return fragment
+_ONLY_PUBLISHED = "access is known only for packages published here"
 
 
 async def list_collaborators(request: web.Request) -> web.Response:
     name = package_name(request)
     await require_read(request, name)
-    fragment = await _published(request, name)
+    fragment = await published_fragment(request, name, _ONLY_PUBLISHED)
     users = sorted({m["name"] for m in fragment.maintainers if m.get("name")})
     return web.json_response({user: READ_WRITE for user in users})
 
 
 async def list_user_packages(request: web.Request) -> web.Response:
     user = validate_user_name(request.match_info["user"])
-    auth, policy = request.app[AUTH], request.app[POLICY]
     who = await identity(request)
     return web.json_response({
         name: READ_WRITE
         for name, summary in await request.app[SEARCH].summaries()
-        if user in summary.maintained_by and auth.can_access(who, policy.rule_for(name).access)
+        if user in summary.maintained_by and may_read(request, who, name)
     })
 
 
 async def get_visibility(request: web.Request) -> web.Response:
     name = package_name(request)
     await require_read(request, name)
-    await _published(request, name)
-    return web.json_response({"public": request.app[AUTH].can_access(None, request.app[POLICY].rule_for(name).access)})
+    await published_fragment(request, name, _ONLY_PUBLISHED)
+    return web.json_response({"public": may_read(request, None, name)})
 
 
 async def set_access(request: web.Request) -> web.Response:

@@ -16,9 +16,10 @@ from aiohttp import web
 
 from overlaystore.policy import Provenance
 
+from .access import may_read
 from .auth import identity
 from .errors import UpstreamError
-from .keys import AUTH, DOCUMENTS, POLICY, SEARCH, UPSTREAM
+from .keys import DOCUMENTS, SEARCH, UPSTREAM
 
 log = logging.getLogger("overlaystore.server")
 
@@ -38,15 +39,13 @@ async def search(request: web.Request) -> web.Response:
     size = _int_param(request, "size", 20, MAX_SIZE)
     offset = _int_param(request, "from", 0, 10_000)
     words = [w for w in text.lower().split() if w]
-    auth = request.app[AUTH]
-    policy = request.app[POLICY]
     who = await identity(request)
 
     local: list[dict[str, Any]] = []
     published = set()
     for name, summary in await request.app[SEARCH].summaries():  # sorted by name
         published.add(name)
-        if summary.entry is not None and summary.matches(words) and auth.can_access(who, policy.rule_for(name).access):
+        if summary.entry is not None and summary.matches(words) and may_read(request, who, name):
             local.append(summary.entry)
 
     remote: list[dict[str, Any]] = []
@@ -62,7 +61,7 @@ async def search(request: web.Request) -> web.Response:
             name = pkg.get("name")
             if not isinstance(name, str) or name in published:
                 continue
-            if not auth.can_access(who, policy.rule_for(name).access):  # type: ignore[arg-type]
+            if not may_read(request, who, name):  # type: ignore[arg-type]
                 continue  # the read rules apply to upstream names too
             if request.app[DOCUMENTS].classify(name, None) is Provenance.PRIVATE:  # type: ignore[arg-type]
                 continue  # a never-proxy scope: upstream data must not show

@@ -16,9 +16,10 @@ from aiohttp import web
 
 from overlaystore.errors import InvalidInput
 
+from .access import may_read
 from .auth import identity
 from .htpasswd import validate_user_name
-from .keys import AUTH, POLICY, SEARCH
+from .keys import SEARCH
 
 
 def _user(request: web.Request) -> str:
@@ -37,12 +38,11 @@ def _user(request: web.Request) -> str:
 
 async def starred_by_user(request: web.Request) -> web.Response:
     user = _user(request)
-    auth, policy = request.app[AUTH], request.app[POLICY]
     who = await identity(request)
     rows = [
         {"key": user, "value": name}
         for name, summary in await request.app[SEARCH].summaries()
-        if user in summary.starred_by and auth.can_access(who, policy.rule_for(name).access)
+        if user in summary.starred_by and may_read(request, who, name)
     ]
     return web.json_response({"rows": rows})
 

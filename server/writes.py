@@ -35,11 +35,14 @@ def _ok(status: int = 200, **extra: Any) -> web.Response:
     return web.json_response({"ok": True, **extra}, status=status)
 
 
-async def published_fragment(request: web.Request, name: PackageName) -> PublishedFragment:
-    """The published data of ``name``; NotFound for names not published here."""
+async def published_fragment(
+    request: web.Request, name: PackageName, only: str = "only published packages can be changed"
+) -> PublishedFragment:
+    """The published data of ``name``; NotFound for names not published here
+    (the message ends with ``only``: why that matters to the caller)."""
     fragment = await request.app[STORE].fragment(name)
     if fragment is None:
-        raise NotFound(f"{name} is not published on this registry; only published packages can be changed")
+        raise NotFound(f"{name} is not published on this registry; {only}")
     return fragment
 
 
